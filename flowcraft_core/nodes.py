@@ -95,6 +95,7 @@ class NodeContext:
     signal: CancelSignal
     attempt: int = 1
     blueprint_id: str = ""
+    iteration: int = 0
 
 
 class BaseNode:
@@ -125,7 +126,7 @@ class BaseNode:
         raise error
 
 
-NodeFunction: TypeAlias = Callable[[NodeContext], "NodeResult | Mapping[str, Any] | None | Awaitable[Any]"]
+NodeFunction: TypeAlias = Callable[[NodeContext], "NodeResult | Mapping[str, Any] | Awaitable[Any] | None"]
 NodeImplementation: TypeAlias = "NodeFunction | type[BaseNode]"
 NodeRegistry: TypeAlias = Mapping[str, Any]
 

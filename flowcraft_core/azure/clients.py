@@ -1,0 +1,89 @@
+"""Factories for the async Azure/Redis clients, so every caller configures them the same way.
+
+All clients here are asyncio clients: create them inside the event loop that uses them and close
+them there (``async with`` or ``await client.close()``); they are bound to that loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from azure.core.exceptions import ResourceExistsError
+from azure.cosmos import PartitionKey
+from azure.cosmos.aio import ContainerProxy, CosmosClient
+from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+from redis.asyncio import Redis
+
+__all__ = [
+    "PARTITION_KEY_PATH",
+    "ensure_cosmos_containers",
+    "ensure_queue",
+    "make_cosmos_client",
+    "make_queue_client",
+    "make_redis",
+]
+
+# Every container is partitioned by run: all of a run's documents share one logical partition, so
+# point reads and queries stay single-partition (cheap) and per-run writes never fan out.
+PARTITION_KEY_PATH = "/runId"
+
+
+def make_queue_client(connection_string: str, queue_name: str) -> QueueClient:
+    """A queue client that speaks the Functions host's default message encoding (base64 text).
+
+    Without these policies the SDK sends raw text, which a queue-triggered function (default
+    ``messageEncoding: base64``) fails to decode and eventually moves to ``<queue>-poison``.
+    """
+    return QueueClient.from_connection_string(
+        connection_string,
+        queue_name,
+        message_encode_policy=TextBase64EncodePolicy(),
+        message_decode_policy=TextBase64DecodePolicy(),
+    )
+
+
+def make_cosmos_client(connection_string: str, *, verify_tls: bool = True) -> CosmosClient:
+    """A Cosmos client from ``AccountEndpoint=...;AccountKey=...;``.
+
+    ``verify_tls=False`` exists only for the local stand-in, whose certificate is self-signed; the
+    project setting (``COSMOS_DB_VERIFY_TLS``) defaults to verifying.
+    """
+    if verify_tls:
+        return CosmosClient.from_connection_string(connection_string)
+    return CosmosClient.from_connection_string(connection_string, connection_verify=False)
+
+
+def make_redis(url: str) -> Redis:
+    """A Redis client from ``redis://`` or ``rediss://`` (TLS, as Azure Cache for Redis requires).
+
+    ``decode_responses=True`` so callers get ``str`` back. The health check re-validates idle
+    connections: Azure Cache for Redis closes connections idle for 10 minutes, and without it the
+    first command after a quiet period fails with a connection error.
+    """
+    # from_url is untyped in redis-py; the annotation restores the type for callers.
+    client: Redis = Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    return client
+
+
+async def ensure_cosmos_containers(
+    client: CosmosClient, database: str, containers: list[str]
+) -> dict[str, ContainerProxy]:
+    """Create ``database`` and each container (partition key ``/runId``) unless they exist.
+
+    Returns the container proxies by name. Meant for start-up and tests; in Azure the resources are
+    normally provisioned by infrastructure code, and these calls are then cheap no-ops.
+    """
+    db = await client.create_database_if_not_exists(id=database)
+    proxies: dict[str, ContainerProxy] = {}
+    for name in containers:
+        proxies[name] = await db.create_container_if_not_exists(
+            id=name, partition_key=PartitionKey(path=PARTITION_KEY_PATH)
+        )
+    return proxies
+
+
+async def ensure_queue(queue_client: QueueClient) -> None:
+    """Create the queue unless it exists (concurrent creators race harmlessly)."""
+    with contextlib.suppress(ResourceExistsError):
+        await queue_client.create_queue()

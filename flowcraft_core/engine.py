@@ -1,0 +1,566 @@
+"""The workflow engine: one job (one node execution) at a time, over the store protocols.
+
+Both runtimes are this engine: the in-process FlowRuntime drives it with in-memory stores and an asyncio
+queue, the Azure adapter with Cosmos DB, Redis and Storage Queues. Every step of ``handle_job`` is
+idempotent, so a job delivered twice, or a worker killed between two steps, changes nothing:
+
+1. load the run (one read); drop the job when the run stopped or the job is not ours;
+2. execute the node unless its record exists (a redelivery), decide its routes, commit one record
+   holding output, context changes and routes (one write; the first writer wins);
+3. route from the stored record: pass each target's join gate (Redis, only for real joins), enqueue
+   what fired, walk what was skipped (dead-path elimination), resolve terminal nodes;
+4. when every reachable terminal node ended, write the final status exactly once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .context import NodeContextView
+from .errors import (
+    BlueprintError,
+    ExpressionError,
+    InvalidJobError,
+    NodeExecutionError,
+    RunStateError,
+    UnknownRunError,
+)
+from .events import EventBus, LoggingEventBus, Middleware
+from .executor import NodeExecutor, resolve_input
+from .expressions import Evaluator, SafeEvaluator
+from .graph import CompiledGraph, compile_graph, entry_node_ids
+from .models import NodeDefinition, WorkflowBlueprint
+from .nodes import CancelSignal, NodeContext, NodeResult
+from .protocols import (
+    FINAL_STATUSES,
+    CoordinationStore,
+    Job,
+    JobQueue,
+    NodeRecord,
+    Route,
+    RunHeader,
+    RunState,
+    RunStore,
+    StatusStore,
+)
+from .routing import plan_routes
+
+logger = logging.getLogger("flowcraft.engine")
+
+# Cosmos DB item ids may not contain / \ ? # and must stay short; we keep run ids to a safe alphabet.
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}$")
+DEFAULT_COORDINATION_TTL = 7 * 24 * 3600
+
+
+def validate_run_id(run_id: str) -> str:
+    """Return the run id, or raise ValueError saying what is wrong with it."""
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
+        raise ValueError(
+            "run id must be 1-128 characters of letters, digits and . _ : @ = + -, starting with a "
+            f"letter or digit (got {str(run_id)[:64]!r})"
+        )
+    return run_id
+
+
+@dataclass
+class JobOutcome:
+    """What handling one job did, for logs, metrics and tests."""
+
+    status: str
+    run_id: str
+    node_id: str
+    detail: str = ""
+    enqueued: list[str] = field(default_factory=list)
+    executed: bool = False
+
+
+@dataclass
+class EngineOptions:
+    """Tunables of the engine."""
+
+    coordination_ttl_seconds: int = DEFAULT_COORDINATION_TTL
+    # Status items must stay below Cosmos DB's 2 MB item limit; a larger final context is left in
+    # the contexts container and assembled on read.
+    result_context_limit_bytes: int = 1_500_000
+    # How often a worker refreshes a run's lastUpdated while executing its nodes.
+    touch_interval_seconds: float = 30.0
+
+
+class Engine:
+    """Executes jobs of runs of registered blueprints over pluggable stores."""
+
+    def __init__(
+        self,
+        *,
+        registry: Mapping[str, Any],
+        blueprints: Mapping[str, WorkflowBlueprint] | None,
+        run_store: RunStore,
+        status_store: StatusStore,
+        coordination: CoordinationStore,
+        queue: JobQueue,
+        evaluator: Evaluator | None = None,
+        event_bus: EventBus | None = None,
+        middleware: Sequence[Middleware] = (),
+        dependencies: Mapping[str, Any] | None = None,
+        options: EngineOptions | None = None,
+    ) -> None:
+        from .builtins import BUILTIN_IMPLEMENTATIONS
+
+        self.registry = dict(registry)
+        self.blueprints: dict[str, WorkflowBlueprint] = dict(blueprints or {})
+        self.run_store = run_store
+        self.status_store = status_store
+        self.coordination = coordination
+        self.queue = queue
+        self.evaluator: Evaluator = evaluator or SafeEvaluator()
+        self.events: EventBus = event_bus or LoggingEventBus()
+        self.middleware = list(middleware)
+        self.dependencies = dict(dependencies or {})
+        self.options = options or EngineOptions()
+        self.executor = NodeExecutor(registry=self.registry, builtins=BUILTIN_IMPLEMENTATIONS,
+                                     event_bus=self.events, middleware=self.middleware)
+        self._graphs: dict[str, CompiledGraph] = {}
+        self._signals: dict[str, set[CancelSignal]] = {}
+        self._last_touch: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ blueprints
+    def add_blueprint(self, bp: WorkflowBlueprint) -> None:
+        """Register (or replace) a blueprint."""
+        self.blueprints[bp.id] = bp
+        self._graphs.pop(bp.id, None)
+
+    def graph(self, blueprint_id: str) -> CompiledGraph:
+        """The compiled graph of a registered blueprint (compiled once per process)."""
+        graph = self._graphs.get(blueprint_id)
+        if graph is None:
+            bp = self.blueprints.get(blueprint_id)
+            if bp is None:
+                raise BlueprintError(f"unknown blueprint {blueprint_id!r}",
+                                     [f"known blueprints: {', '.join(sorted(self.blueprints)) or 'none'}"])
+            graph = compile_graph(bp)
+            self._graphs[blueprint_id] = graph
+        return graph
+
+    # ------------------------------------------------------------------ run control
+    async def start_run(self, blueprint_id: str, context: Mapping[str, Any] | None = None,
+                        run_id: str | None = None, *, trusted_id: bool = False) -> str:
+        """Create a run (status, header, initial context) and enqueue its entry nodes."""
+        graph = self.graph(blueprint_id)
+        if run_id is None:
+            run_id = uuid.uuid4().hex
+        elif not trusted_id:
+            validate_run_id(run_id)
+        initial = dict(context or {})
+        json.dumps(initial)  # fail here, not in a worker, on a context that cannot be stored
+        entries = entry_node_ids(graph)
+        if not entries:
+            raise BlueprintError(f"blueprint {blueprint_id!r} has no start node", ["(root): no start node"])
+        created = time.time()
+        await self.status_store.create(run_id, blueprint_id, created)
+        await self.run_store.create_run(RunHeader(run_id, blueprint_id, graph.blueprint.version, created,
+                                                  initial))
+        await self.events.emit({"type": "workflow:start", "payload": {"runId": run_id,
+                                                                      "blueprintId": blueprint_id}})
+        for node_id in entries:
+            await self._enqueue(Job(run_id, blueprint_id, node_id))
+        logger.info("run %s started: blueprint %s, entry nodes %s", run_id, blueprint_id, entries)
+        return run_id
+
+    async def cancel(self, run_id: str, reason: str = "cancelled by request") -> None:
+        """Stop scheduling nodes of a run, signal its running nodes, and end it cancelled."""
+        status = await self.status_store.get(run_id)
+        if status is None:
+            raise UnknownRunError(f"run {run_id!r} does not exist")
+        if status["status"] in FINAL_STATUSES:
+            raise RunStateError(f"run {run_id!r} already ended with status {status['status']!r}")
+        await self.run_store.mark(run_id, "cancelled", {"reason": reason})
+        for signal in self._signals.get(run_id, set()):
+            signal.cancel(reason)
+        if await self.status_store.finalize(run_id, "cancelled", reason=reason):
+            await self.events.emit({"type": "workflow:cancelled", "payload": {"runId": run_id, "reason": reason}})
+            logger.info("run %s cancelled: %s", run_id, reason)
+        await self.coordination.forget_run(run_id)
+
+    async def resume(self, run_id: str, action: str | None = None, output: Any = None,
+                     node_id: str | None = None) -> str:
+        """Continue an awaiting run: complete its waiting node with output and route by action."""
+        state = await self.run_store.load(run_id)
+        if state is None:
+            raise UnknownRunError(f"run {run_id!r} does not exist")
+        if state.stopped:
+            raise RunStateError(f"run {run_id!r} has ended")
+        waiting = [r for r in state.records.values() if r.status == "awaiting"
+                   and (node_id is None or r.node_id == node_id)]
+        if not waiting:
+            what = f"node {node_id!r} of run {run_id!r} is" if node_id else f"run {run_id!r} is"
+            raise RunStateError(f"{what} not awaiting input")
+        if len(waiting) > 1:
+            raise RunStateError(f"run {run_id!r} awaits several nodes "
+                                f"({', '.join(r.node_id for r in waiting)}); name the node to resume")
+        rec = waiting[0]
+        json.dumps(output)
+        graph = self.graph(state.header.blueprint_id)
+        result = NodeResult(output=output, action=action)
+        try:
+            plan = plan_routes(graph, rec.node_id, result, state.context, self.evaluator)
+        except ExpressionError as exc:
+            raise RunStateError(str(exc)) from None
+        done = NodeRecord(node_id=rec.node_id, iteration=rec.iteration, status="completed", output=output,
+                          action=action, changes={**rec.changes, **plan.inputs}, deletes=rec.deletes,
+                          routes=plan.routes, attempts=rec.attempts)
+        if not await self.run_store.replace(run_id, done, expected_status="awaiting"):
+            raise RunStateError(f"node {rec.node_id!r} of run {run_id!r} was resumed concurrently")
+        await self.status_store.set_status(run_id, "running", extra={"awaiting": []})
+        await self._enqueue(Job(run_id, state.header.blueprint_id, rec.node_id, rec.iteration))
+        logger.info("run %s resumed at node %s with action %r", run_id, rec.node_id, action)
+        return rec.node_id
+
+    # ------------------------------------------------------------------ jobs
+    async def handle_job(self, job: Job) -> JobOutcome:
+        """Execute and route one job; idempotent under redelivery."""
+        state = await self.run_store.load(job.run_id)
+        if state is None:
+            raise InvalidJobError(f"job for unknown run {job.run_id!r} (node {job.node_id!r})")
+        if state.header.blueprint_id != job.blueprint_id:
+            raise InvalidJobError(f"job names blueprint {job.blueprint_id!r} but run {job.run_id!r} runs "
+                                  f"{state.header.blueprint_id!r}")
+        if state.stopped:
+            return JobOutcome("dropped", job.run_id, job.node_id, "run stopped")
+        try:
+            graph = self.graph(job.blueprint_id)
+        except BlueprintError as exc:
+            await self._fail_run(job.run_id, f"blueprint {job.blueprint_id!r} is not deployed: {exc.message}")
+            return JobOutcome("failed", job.run_id, job.node_id, "unknown blueprint")
+        if graph.blueprint.version != state.header.blueprint_version:
+            await self._fail_run(job.run_id, (
+                f"blueprint {job.blueprint_id!r} changed while the run was in flight "
+                f"(run started on version {state.header.blueprint_version}, workers have "
+                f"{graph.blueprint.version})"))
+            return JobOutcome("failed", job.run_id, job.node_id, "blueprint version mismatch")
+        node = graph.nodes.get(job.node_id) or _dynamic_nodes(state).get(job.node_id)
+        if node is None:
+            raise InvalidJobError(f"run {job.run_id!r} has no node {job.node_id!r}")
+
+        record = state.record(job.node_id, job.iteration)
+        replay = record is not None
+        executed = False
+        if record is None:
+            record = await self._execute(state, graph, node, job)
+            executed = True
+            record, new = await self.run_store.commit(job.run_id, record)
+            replay = not new
+            if new:
+                await self._emit_changes(job, record)
+        await self._maybe_touch(job.run_id)
+
+        if record.status == "failed":
+            err = record.error or {}
+            await self._fail_run(job.run_id, f"node {record.node_id!r} failed on attempt "
+                                 f"{err.get('attempt', 1)}: {err.get('message', 'unknown error')}",
+                                 errors=[err])
+            return JobOutcome("failed", job.run_id, job.node_id, err.get("message", ""), executed=executed)
+        if record.status == "awaiting":
+            await self.status_store.set_status(job.run_id, "awaiting", extra={"awaiting": _awaiting(state, record)})
+            await self.events.emit({"type": "workflow:awaiting", "payload": {"runId": job.run_id,
+                                                                             "nodeId": job.node_id}})
+            return JobOutcome("awaiting", job.run_id, job.node_id, executed=executed)
+        if record.wake_at is not None and record.wake_at > time.time():
+            await self._enqueue(job, delay_seconds=record.wake_at - time.time())
+            return JobOutcome("sleeping", job.run_id, job.node_id, f"until {record.wake_at:.3f}",
+                              executed=executed)
+        enqueued = await self._route(state, graph, node, record, eager=replay)
+        return JobOutcome("completed", job.run_id, job.node_id, "replayed" if replay else "",
+                          enqueued=enqueued, executed=executed)
+
+    async def reconcile(self, run_id: str) -> int:
+        """Re-derive what a run should be doing from its stored records and enqueue what is missing."""
+        status = await self.status_store.get(run_id)
+        if status is None or status["status"] in FINAL_STATUSES:
+            return 0
+        state = await self.run_store.load(run_id)
+        if state is None:
+            await self.status_store.finalize(run_id, "failed", reason="run state is missing from the store")
+            return 0
+        if state.cancelled is not None:
+            await self.status_store.finalize(run_id, "cancelled", reason=state.cancelled)
+            return 0
+        if state.failed is not None:
+            await self.status_store.finalize(run_id, "failed", reason=str(state.failed.get("reason")))
+            return 0
+        graph = self.graph(state.header.blueprint_id)
+        dynamic = _dynamic_nodes(state)
+        enqueued: list[str] = []
+        for node_id in entry_node_ids(graph):
+            if state.record(node_id) is None:
+                enqueued.append(await self._enqueue(Job(run_id, state.header.blueprint_id, node_id)))
+        for rec in sorted(state.records.values(), key=lambda r: r.seq):
+            node = graph.nodes.get(rec.node_id) or dynamic.get(rec.node_id)
+            if node is None:
+                continue
+            if rec.status == "failed":
+                err = rec.error or {}
+                await self._fail_run(run_id, f"node {rec.node_id!r} failed: {err.get('message')}", errors=[err])
+                return 0
+            if rec.status == "awaiting":
+                continue
+            if rec.wake_at is not None and rec.wake_at > time.time():
+                job = Job(run_id, state.header.blueprint_id, rec.node_id, rec.iteration)
+                enqueued.append(await self._enqueue(job, delay_seconds=rec.wake_at - time.time()))
+                continue
+            enqueued.extend(await self._route(state, graph, node, rec, eager=True))
+        await self.status_store.touch(run_id)
+        logger.info("reconciled run %s: enqueued %d job(s) %s", run_id, len(enqueued), enqueued[:20])
+        return len(enqueued)
+
+    # ------------------------------------------------------------------ internals
+    async def _execute(self, state: RunState, graph: CompiledGraph, node: NodeDefinition, job: Job) -> NodeRecord:
+        view = NodeContextView(state.context)
+        signal = CancelSignal()
+        self._signals.setdefault(job.run_id, set()).add(signal)
+        try:
+            node_input = resolve_input(node, graph, view, via=job.via)
+            deps = {**self.dependencies, "runtime": self}
+            ctx = NodeContext(context=view, input=node_input, params=copy.deepcopy(node.params),
+                              dependencies=deps, run_id=job.run_id, node_id=node.id, signal=signal,
+                              blueprint_id=job.blueprint_id)
+            ctx.iteration = job.iteration
+            outcome = await self.executor.execute(node, ctx)
+        finally:
+            signals = self._signals.get(job.run_id)
+            if signals is not None:
+                signals.discard(signal)
+                if not signals:
+                    self._signals.pop(job.run_id, None)
+        if outcome.error is not None or outcome.result is None:
+            err = outcome.error or NodeExecutionError(node.id, "no result", outcome.attempts)
+            return NodeRecord(node_id=node.id, iteration=job.iteration, status="failed",
+                              error=err.to_dict(), attempts=outcome.attempts)
+        result = outcome.result
+        changes, deletes = view.changes()
+        directives = result.directives
+        if directives.get("await"):
+            return NodeRecord(node_id=node.id, iteration=job.iteration, status="awaiting", changes=changes,
+                              deletes=deletes, attempts=outcome.attempts,
+                              output={"awaiting": directives["await"]})
+        try:
+            merged = view.to_dict_sync()
+            plan = plan_routes(graph, node.id, result, merged, self.evaluator, node_input=node_input)
+        except ExpressionError as exc:
+            err = NodeExecutionError(node.id, str(exc), outcome.attempts)
+            return NodeRecord(node_id=node.id, iteration=job.iteration, status="failed",
+                              error=err.to_dict(), attempts=outcome.attempts)
+        for event in plan.events:
+            event["payload"]["runId"] = job.run_id
+            await self.events.emit(event)
+        try:
+            dynamic = _validate_dynamic(node.id, result.dynamic_nodes)
+        except RunStateError as exc:
+            return NodeRecord(node_id=node.id, iteration=job.iteration, status="failed",
+                              error=NodeExecutionError(node.id, str(exc), outcome.attempts).to_dict(),
+                              attempts=outcome.attempts)
+        wake_at = None
+        if directives.get("sleep_seconds") is not None:
+            wake_at = time.time() + float(directives["sleep_seconds"])
+        return NodeRecord(node_id=node.id, iteration=job.iteration, status="completed", output=result.output,
+                          action=result.action, changes={**changes, **plan.inputs}, deletes=deletes,
+                          routes=plan.routes, dynamic_nodes=dynamic, wake_at=wake_at,
+                          attempts=outcome.attempts)
+
+    async def _route(self, state: RunState, graph: CompiledGraph, node: NodeDefinition, record: NodeRecord,
+                     *, eager: bool) -> list[str]:
+        """Pass the gates of a completed record's targets and enqueue or skip them."""
+        run_id = state.header.run_id
+        enqueued: list[str] = []
+        it = record.iteration
+        extra = node.model_extra or {}
+        if record.dynamic_nodes:
+            for dyn in record.dynamic_nodes:
+                if not (eager and state.record(dyn["id"], it) is not None):
+                    enqueued.append(await self._enqueue(Job(run_id, state.header.blueprint_id, dyn["id"], it)))
+            return enqueued
+        if "gatherNodeId" in extra and node.id not in graph.nodes:
+            gather = str(extra["gatherNodeId"])
+            siblings = int(extra.get("batchSize", 1))
+            await self._arrive(state, graph, gather, it, node.id, True, enqueued, eager=eager, expected=siblings)
+            return enqueued
+
+        if node.id in graph.reachable_terminals and not graph.out_edges.get(node.id):
+            await self._resolve_terminal(state, graph, node.id)
+            return enqueued
+
+        merged: dict[tuple[str, str], bool] = {}
+        for route in record.routes:
+            key = (route.target, route.kind)
+            merged[key] = merged.get(key, False) or route.taken
+        loop_ended = False
+        for (target, kind), taken in merged.items():
+            if kind == "back":
+                if taken:
+                    job = Job(run_id, state.header.blueprint_id, target, it + 1, via=node.id)
+                    if not (eager and state.record(target, it + 1) is not None):
+                        enqueued.append(await self._enqueue(job))
+                continue
+            if kind == "exit":
+                if taken:
+                    await self._arrive(state, graph, target, 0, node.id, True, enqueued, eager=eager)
+                continue
+            await self._arrive(state, graph, target, it, node.id, taken, enqueued, eager=eager)
+        if graph.in_cycle(node.id) and not any(
+            taken for (_t, kind), taken in merged.items() if kind == "back"
+        ) and any(kind == "back" for (_t, kind) in merged):
+            loop_ended = True
+        if loop_ended:
+            # The loop ended: exits not taken in any iteration are dead paths now.
+            comp = graph.component[node.id]
+            taken_exits = {t for (t, kind), taken in merged.items() if kind == "exit" and taken}
+            for edge in graph.exit_edges(comp):
+                if edge.target not in taken_exits:
+                    await self._arrive(state, graph, edge.target, 0, edge.source, False, enqueued, eager=eager)
+        return enqueued
+
+    async def _arrive(self, state: RunState, graph: CompiledGraph, target: str, it: int, source: str,
+                      done: bool, enqueued: list[str], *, eager: bool, expected: int | None = None,
+                      whole_loop: bool = False) -> None:
+        run_id = state.header.run_id
+        tnode = graph.nodes.get(target)
+        if tnode is None:
+            return
+        preds = graph.forward_predecessors.get(target, [])
+        count = expected if expected is not None else len(preds)
+        strategy = tnode.config.join_strategy
+        if count <= 1:
+            decision, first = ("fire" if done else "skip"), True
+        else:
+            gate = f"{run_id}|gate|{it}|{target}"
+            decision, first = await self.coordination.arrive(
+                gate, source, done=done, expected=count, strategy=strategy,
+                ttl_seconds=self.options.coordination_ttl_seconds)
+        if decision == "wait" or not (first or eager):
+            return
+        if decision == "fire":
+            if eager and state.record(target, it) is not None:
+                return
+            enqueued.append(await self._enqueue(Job(run_id, state.header.blueprint_id, target, it)))
+            return
+        await self._skip(state, graph, target, it, enqueued, eager=eager,
+                         whole_loop=whole_loop or (graph.in_cycle(target) and not graph.same_cycle(source, target)))
+
+    async def _skip(self, state: RunState, graph: CompiledGraph, node_id: str, it: int, enqueued: list[str],
+                    *, eager: bool, whole_loop: bool) -> None:
+        """Dead-path elimination: a node none of whose predecessors ran is skipped, and so on below it."""
+        await self.events.emit({"type": "node:skipped", "payload": {"runId": state.header.run_id,
+                                                                    "nodeId": node_id}})
+        if node_id in graph.reachable_terminals:
+            await self._resolve_terminal(state, graph, node_id)
+            return
+        for edge in graph.out_edges.get(node_id, []):
+            if graph.is_back_edge(edge):
+                continue
+            leaving = graph.in_cycle(node_id) and not graph.same_cycle(node_id, edge.target)
+            if leaving and not whole_loop:
+                continue  # a branch skipped inside one iteration says nothing about the loop's exit
+            await self._arrive(state, graph, edge.target, 0 if leaving else it, node_id, False, enqueued,
+                               eager=eager, whole_loop=whole_loop and not leaving)
+
+    async def _resolve_terminal(self, state: RunState, graph: CompiledGraph, node_id: str) -> None:
+        run_id = state.header.run_id
+        expected = len(graph.reachable_terminals)
+        if await self.coordination.resolve_terminal(run_id, node_id, expected,
+                                                    self.options.coordination_ttl_seconds):
+            await self._complete_run(run_id)
+
+    async def _complete_run(self, run_id: str) -> None:
+        state = await self.run_store.load(run_id)
+        if state is None or state.stopped:
+            return
+        if any(r.status == "awaiting" for r in state.records.values()):
+            return
+        context = state.context
+        size = len(json.dumps(context, separators=(",", ":")))
+        result: dict[str, Any]
+        if size <= self.options.result_context_limit_bytes:
+            result = {"context": context, "errors": []}
+        else:
+            result = {"contextTruncated": True, "contextBytes": size, "contextKeys": sorted(context)[:500],
+                      "errors": []}
+        if await self.status_store.finalize(run_id, "completed", result=result):
+            await self.events.emit({"type": "workflow:finish", "payload": {"runId": run_id,
+                                                                           "status": "completed"}})
+            logger.info("run %s completed (%d node executions)", run_id, len(state.records))
+            await self.coordination.forget_run(run_id)
+
+    async def _fail_run(self, run_id: str, reason: str, errors: list[dict[str, Any]] | None = None) -> None:
+        await self.run_store.mark(run_id, "failed", {"reason": reason, "errors": errors or []})
+        for signal in self._signals.get(run_id, set()):
+            signal.cancel(reason)
+        if await self.status_store.finalize(run_id, "failed", reason=reason,
+                                            result={"errors": errors or []}):
+            await self.events.emit({"type": "workflow:finish", "payload": {"runId": run_id, "status": "failed",
+                                                                           "reason": reason}})
+            logger.warning("run %s failed: %s", run_id, reason)
+            await self.coordination.forget_run(run_id)
+
+    async def _enqueue(self, job: Job, *, delay_seconds: float = 0) -> str:
+        await self.queue.enqueue(job, delay_seconds=delay_seconds)
+        await self.events.emit({"type": "job:enqueued", "payload": {**job.to_dict(), "delay": delay_seconds}})
+        return job.key
+
+    async def _emit_changes(self, job: Job, record: NodeRecord) -> None:
+        for key, value in record.changes.items():
+            await self.events.emit({"type": "context:change", "payload": {
+                "runId": job.run_id, "sourceNode": record.node_id, "key": key, "value": value}})
+
+    async def _maybe_touch(self, run_id: str) -> None:
+        now = time.time()
+        if now - self._last_touch.get(run_id, 0.0) >= self.options.touch_interval_seconds:
+            self._last_touch[run_id] = now
+            if len(self._last_touch) > 10_000:
+                self._last_touch = {k: v for k, v in self._last_touch.items()
+                                    if now - v < self.options.touch_interval_seconds}
+            await self.status_store.touch(run_id)
+
+    # ------------------------------------------------------------------ reads
+    async def run_context(self, run_id: str) -> dict[str, Any]:
+        """The current folded context of a run."""
+        state = await self.run_store.load(run_id)
+        if state is None:
+            raise UnknownRunError(f"run {run_id!r} does not exist")
+        return dict(state.context)
+
+
+def _awaiting(state: RunState, record: NodeRecord) -> list[str]:
+    ids = {r.node_id for r in state.records.values() if r.status == "awaiting"}
+    ids.add(record.node_id)
+    return sorted(ids)
+
+
+def _dynamic_nodes(state: RunState) -> dict[str, NodeDefinition]:
+    found: dict[str, NodeDefinition] = {}
+    for rec in state.records.values():
+        for dyn in rec.dynamic_nodes or []:
+            found[dyn["id"]] = NodeDefinition.model_validate(dyn)
+    return found
+
+
+def _validate_dynamic(node_id: str, dynamic: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    if not dynamic:
+        return None
+    checked = []
+    for i, raw in enumerate(dynamic):
+        if isinstance(raw, NodeDefinition):
+            raw = raw.to_wire()
+        if not isinstance(raw, dict) or not raw.get("id") or not raw.get("uses"):
+            raise RunStateError(f"node {node_id!r} returned dynamic node {i} without id and uses")
+        checked.append(NodeDefinition.model_validate(raw).to_wire())
+    return checked
+
+
+__all__ = ["Engine", "EngineOptions", "JobOutcome", "Route", "validate_run_id"]

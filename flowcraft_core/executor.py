@@ -1,0 +1,217 @@
+"""Execution of one node: input resolution, attempts with timeout and delay, fallback, middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .context import INPUTS_PREFIX, NodeContextView, input_key, output_key
+from .errors import NodeExecutionError, NodeTimeoutError, WorkflowCancelled
+from .events import EventBus, Middleware
+from .graph import CompiledGraph
+from .models import NodeDefinition
+from .nodes import BaseNode, NodeContext, NodeResult, call_maybe_async, is_node_class
+
+
+def _lookup(view: NodeContextView, key: str) -> Any:
+    # Flowcraft's rule: keys starting with "_" are literal context keys; any other key names a node's
+    # output when that node has one, and a plain context key otherwise.
+    if key.startswith("_"):
+        return view.get_sync(key)
+    out = output_key(key)
+    if view.has_sync(out):
+        return view.get_sync(out)
+    return view.get_sync(key)
+
+
+def resolve_input(node: NodeDefinition, graph: CompiledGraph | None, view: NodeContextView,
+                  via: str | None = None) -> Any:
+    """The value a node receives as ``ctx.input``."""
+    if isinstance(node.inputs, str):
+        return _lookup(view, node.inputs)
+    if isinstance(node.inputs, Mapping):
+        return {name: _lookup(view, key) for name, key in node.inputs.items()}
+    transformed = input_key(node.id)
+    if view.has_sync(transformed):
+        return view.get_sync(transformed)
+    if via is not None:
+        return view.get_sync(output_key(via))
+    preds = graph.forward_predecessors.get(node.id, []) if graph else []
+    if len(preds) == 1:
+        return view.get_sync(output_key(preds[0]))
+    if len(preds) > 1:
+        # A join without explicit inputs sees every predecessor that produced an output.
+        return {p: view.get_sync(output_key(p)) for p in preds if view.has_sync(output_key(p))}
+    return None
+
+
+@dataclass
+class ExecutionOutcome:
+    """What running a node produced: a result, or the error that ended its last attempt."""
+
+    result: NodeResult | None
+    error: NodeExecutionError | None
+    attempts: int
+    used_fallback: bool = False
+
+
+class NodeExecutor:
+    """Runs one node with its config: attempts, per-attempt timeout, delay between, fallback."""
+
+    def __init__(self, *, registry: Mapping[str, Any], builtins: Mapping[str, Any], event_bus: EventBus,
+                 middleware: Sequence[Middleware] = ()) -> None:
+        self.registry = registry
+        self.builtins = builtins
+        self.events = event_bus
+        self.middleware = list(middleware)
+
+    def implementation(self, uses: str) -> Any:
+        """The implementation registered under a ``uses`` key (user registry first, then built-ins)."""
+        if uses in self.registry:
+            return self.registry[uses]
+        if uses in self.builtins:
+            return self.builtins[uses]
+        raise KeyError(uses)
+
+    async def execute(self, node: NodeDefinition, ctx: NodeContext) -> ExecutionOutcome:
+        """Run the node and return its outcome; never raises for node failures."""
+        payload = {"runId": ctx.run_id, "nodeId": node.id, "uses": node.uses, "blueprintId": ctx.blueprint_id}
+        await self.events.emit({"type": "node:start", "payload": payload})
+        try:
+            impl = self.implementation(node.uses)
+        except KeyError:
+            err = NodeExecutionError(node.id, f"no implementation registered for uses={node.uses!r}", 1)
+            await self.events.emit({"type": "node:error", "payload": {**payload, **err.to_dict()}})
+            return ExecutionOutcome(None, err, 1)
+
+        attempts_box = [0]
+
+        async def call() -> NodeResult:
+            for mw in self.middleware:
+                await mw.before_node(ctx)
+            result = await self._attempts(node, impl, ctx, attempts_box)
+            for mw in self.middleware:
+                await mw.after_node(ctx, result)
+            return result
+
+        chained = call
+        for mw in reversed(self.middleware):
+            chained = _wrap(mw, ctx, chained)
+        try:
+            result = await chained()
+        except WorkflowCancelled as exc:
+            err = NodeExecutionError(node.id, f"cancelled: {exc}", max(attempts_box[0], 1))
+            return ExecutionOutcome(None, err, err.attempt)
+        except _Failed as failed:
+            fallback = await self._fallback(node, impl, ctx, failed.error, payload)
+            if fallback is not None:
+                return ExecutionOutcome(fallback, None, attempts_box[0], used_fallback=True)
+            err = NodeExecutionError(node.id, _describe(failed.error), attempts_box[0])
+            await self.events.emit({"type": "node:error", "payload": {**payload, **err.to_dict()}})
+            return ExecutionOutcome(None, err, attempts_box[0])
+        except Exception as exc:  # middleware or result coercion failed: report, never crash the worker
+            err = NodeExecutionError(node.id, _describe(exc), max(attempts_box[0], 1))
+            await self.events.emit({"type": "node:error", "payload": {**payload, **err.to_dict()}})
+            return ExecutionOutcome(None, err, err.attempt)
+        await self.events.emit({"type": "node:finish", "payload": {
+            **payload, "attempts": attempts_box[0], "action": result.action}})
+        return ExecutionOutcome(result, None, attempts_box[0])
+
+    async def _attempts(self, node: NodeDefinition, impl: Any, ctx: NodeContext, box: list[int]) -> NodeResult:
+        config = node.config
+        instance: BaseNode | None = impl(node.params, node.id) if is_node_class(impl) else None
+        prep: Any = None
+        if instance is not None:
+            prep = await instance.prep(ctx)
+        last: BaseException | None = None
+        for attempt in range(1, config.max_retries + 1):
+            box[0] = attempt
+            ctx.attempt = attempt
+            ctx.signal.raise_if_cancelled()
+            try:
+                result = await self._one_attempt(impl, instance, prep, ctx, config.timeout)
+                if result.error:
+                    raise RuntimeError(result.error)
+                return result
+            except WorkflowCancelled:
+                raise
+            except Exception as exc:
+                last = exc
+                assert isinstance(ctx.context, NodeContextView)
+                ctx.context.discard_changes()
+                if attempt < config.max_retries:
+                    await self.events.emit({"type": "node:retry", "payload": {
+                        "runId": ctx.run_id, "nodeId": node.id, "attempt": attempt, "error": _describe(exc)}})
+                    if config.retry_delay:
+                        await asyncio.sleep(config.retry_delay / 1000)
+        assert last is not None
+        raise _Failed(last)
+
+    async def _one_attempt(self, impl: Any, instance: BaseNode | None, prep: Any, ctx: NodeContext,
+                           timeout_ms: float | None) -> NodeResult:
+        async def run() -> NodeResult:
+            if instance is not None:
+                raw = await instance.exec(prep, ctx)
+                return NodeResult.coerce(await instance.post(raw, ctx))
+            return NodeResult.coerce(await call_maybe_async(impl, ctx))
+
+        if timeout_ms is None:
+            return await run()
+        try:
+            return await asyncio.wait_for(run(), timeout_ms / 1000)
+        except TimeoutError:
+            raise NodeTimeoutError(f"timed out after {timeout_ms:g} ms") from None
+
+    async def _fallback(self, node: NodeDefinition, impl: Any, ctx: NodeContext, error: BaseException,
+                        payload: dict[str, Any]) -> NodeResult | None:
+        fallback_uses = node.config.fallback
+        if fallback_uses is None and not (is_node_class(impl) and impl.fallback is not BaseNode.fallback):
+            return None
+        await self.events.emit({"type": "node:fallback", "payload": {
+            **payload, "fallback": fallback_uses or f"{impl.__name__}.fallback", "error": _describe(error)}})
+        assert isinstance(ctx.context, NodeContextView)
+        ctx.context.discard_changes()
+        try:
+            if fallback_uses is not None:
+                fb = self.implementation(fallback_uses)
+                if is_node_class(fb):
+                    inst = fb(node.params, node.id)
+                    raw = await inst.exec(await inst.prep(ctx), ctx)
+                    return NodeResult.coerce(await inst.post(raw, ctx))
+                return NodeResult.coerce(await call_maybe_async(fb, ctx))
+            inst = impl(node.params, node.id)
+            return NodeResult.coerce(await inst.post(await inst.fallback(error, ctx), ctx))
+        except Exception as exc:
+            ctx.context.discard_changes()
+            await self.events.emit({"type": "node:error", "payload": {
+                **payload, "error": f"fallback failed: {_describe(exc)}"}})
+            return None
+
+
+class _Failed(Exception):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _wrap(mw: Middleware, ctx: NodeContext, nxt: Any) -> Any:
+    async def wrapped() -> NodeResult:
+        return await mw.around_node(ctx, nxt)
+
+    return wrapped
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def now() -> float:
+    """Wall-clock seconds (one place to patch in tests)."""
+    return time.time()
+
+
+__all__ = ["INPUTS_PREFIX", "ExecutionOutcome", "NodeExecutor", "resolve_input"]

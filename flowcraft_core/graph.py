@@ -1,0 +1,202 @@
+"""The compiled shape of a blueprint: adjacency, start and terminal nodes, cycles and back edges.
+
+Both runtimes route with this one structure, computed once per blueprint and cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .models import EdgeDefinition, NodeDefinition, WorkflowBlueprint
+
+
+@dataclass(frozen=True)
+class CompiledGraph:
+    """Adjacency and cycle facts of one blueprint (treat as immutable)."""
+
+    blueprint: WorkflowBlueprint
+    nodes: dict[str, NodeDefinition]
+    out_edges: dict[str, list[EdgeDefinition]]
+    in_edges: dict[str, list[EdgeDefinition]]
+    start_node_ids: list[str]
+    terminal_node_ids: list[str]
+    # Edges that close a cycle (found by depth-first search from the entry nodes): taking one starts
+    # the next iteration of a loop instead of arriving at a join.
+    back_edges: frozenset[tuple[str, str]]
+    # Each node's strongly connected component id (-1 when the node is in no cycle).
+    component: dict[str, int]
+    cycles: list[list[str]]
+    forward_predecessors: dict[str, list[str]] = field(default_factory=dict)
+    reachable_terminals: frozenset[str] = frozenset()
+
+    def is_back_edge(self, edge: EdgeDefinition) -> bool:
+        """True when taking this edge starts a new loop iteration."""
+        return (edge.source, edge.target) in self.back_edges
+
+    def in_cycle(self, node_id: str) -> bool:
+        """True when the node belongs to a cycle."""
+        return self.component.get(node_id, -1) >= 0
+
+    def same_cycle(self, a: str, b: str) -> bool:
+        """True when both nodes belong to the same cycle (strongly connected component)."""
+        ca = self.component.get(a, -1)
+        return ca >= 0 and ca == self.component.get(b, -1)
+
+    def exit_edges(self, component_id: int) -> list[EdgeDefinition]:
+        """Edges leaving a cycle."""
+        return [
+            e
+            for src, edges in self.out_edges.items()
+            if self.component.get(src, -1) == component_id
+            for e in edges
+            if self.component.get(e.target, -1) != component_id
+        ]
+
+    @property
+    def is_dag(self) -> bool:
+        """True when the blueprint has no cycle."""
+        return not self.cycles
+
+
+def _strongly_connected(nodes: Iterable[str], succ: dict[str, list[str]]) -> list[list[str]]:
+    """Tarjan's algorithm, iterative so that deep graphs do not hit the recursion limit."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    result: list[list[str]] = []
+    counter = 0
+    for root in nodes:
+        if root in index:
+            continue
+        work: list[tuple[str, int]] = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            recurse = False
+            children = succ.get(node, [])
+            while i < len(children):
+                child = children[i]
+                i += 1
+                if child not in index:
+                    work.append((node, i))
+                    work.append((child, 0))
+                    recurse = True
+                    break
+                if child in on_stack:
+                    low[node] = min(low[node], index[child])
+            if recurse:
+                continue
+            if low[node] == index[node]:
+                comp: list[str] = []
+                while True:
+                    top = stack.pop()
+                    on_stack.discard(top)
+                    comp.append(top)
+                    if top == node:
+                        break
+                result.append(comp)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return result
+
+
+def _back_edges(roots: list[str], succ: dict[str, list[str]]) -> set[tuple[str, str]]:
+    """Edges to a node still on the depth-first stack."""
+    color: dict[str, int] = {}
+    back: set[tuple[str, str]] = set()
+    for root in roots:
+        if root in color:
+            continue
+        color[root] = 1
+        work: list[tuple[str, int]] = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            children = succ.get(node, [])
+            if i < len(children):
+                work.append((node, i + 1))
+                child = children[i]
+                state = color.get(child, 0)
+                if state == 0:
+                    color[child] = 1
+                    work.append((child, 0))
+                elif state == 1:
+                    back.add((node, child))
+            else:
+                color[node] = 2
+    return back
+
+
+def compile_graph(bp: WorkflowBlueprint) -> CompiledGraph:
+    """Compute adjacency, entry and exit nodes, cycles and back edges of a blueprint."""
+    nodes = {n.id: n for n in bp.nodes}
+    out_edges: dict[str, list[EdgeDefinition]] = {nid: [] for nid in nodes}
+    in_edges: dict[str, list[EdgeDefinition]] = {nid: [] for nid in nodes}
+    for edge in bp.edges:
+        if edge.source in nodes and edge.target in nodes:
+            out_edges[edge.source].append(edge)
+            in_edges[edge.target].append(edge)
+    succ = {nid: list(dict.fromkeys(e.target for e in edges)) for nid, edges in out_edges.items()}
+    start = [nid for nid in nodes if not in_edges[nid]]
+    terminal = [nid for nid in nodes if not out_edges[nid]]
+
+    comps = _strongly_connected(nodes, succ)
+    component: dict[str, int] = {}
+    cycles: list[list[str]] = []
+    for comp in comps:
+        is_cycle = len(comp) > 1 or any(e.target == comp[0] for e in out_edges[comp[0]])
+        cid = len(cycles) if is_cycle else -1
+        if is_cycle:
+            order = {nid: i for i, nid in enumerate(nodes)}
+            cycles.append(sorted(comp, key=order.__getitem__))
+        for nid in comp:
+            component[nid] = cid
+
+    # Declared entry points root the search first so that the edge back into them is the back edge;
+    # the remaining nodes root it afterwards so that cycles reachable from nowhere are classified too.
+    roots = list(dict.fromkeys(start + [nid for nid in bp.metadata.cycle_entry_points if nid in nodes]))
+    reached = _reachable(roots, succ)
+    back = _back_edges(roots + list(nodes), succ)
+
+    fwd_preds: dict[str, list[str]] = {}
+    for nid, edges in in_edges.items():
+        fwd_preds[nid] = list(dict.fromkeys(e.source for e in edges if (e.source, e.target) not in back))
+    reachable_terminals = frozenset(t for t in terminal if t in reached)
+    return CompiledGraph(
+        blueprint=bp,
+        nodes=nodes,
+        out_edges=out_edges,
+        in_edges=in_edges,
+        start_node_ids=start,
+        terminal_node_ids=terminal,
+        back_edges=frozenset(back),
+        component=component,
+        cycles=cycles,
+        forward_predecessors=fwd_preds,
+        reachable_terminals=reachable_terminals,
+    )
+
+
+def _reachable(roots: list[str], succ: dict[str, list[str]]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        todo.extend(succ.get(node, []))
+    return seen
+
+
+def entry_node_ids(graph: CompiledGraph) -> list[str]:
+    """Nodes a run starts with: start nodes, or declared cycle entry points when there are none."""
+    if graph.start_node_ids:
+        return list(graph.start_node_ids)
+    return [nid for nid in graph.blueprint.metadata.cycle_entry_points if nid in graph.nodes]

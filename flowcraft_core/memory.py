@@ -1,0 +1,251 @@
+"""In-process implementations of the store protocols, for the in-memory runtime and unit tests."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from typing import Any, Literal
+
+from .context import output_key
+from .errors import RunStateError
+from .protocols import (
+    FINAL_STATUSES,
+    GateDecision,
+    Job,
+    NodeRecord,
+    RunHeader,
+    RunState,
+    RunStatus,
+    apply_record,
+)
+
+
+class InMemoryRunStore:
+    """Run state in a dict; the folded context is maintained incrementally, so a load costs nothing."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, RunState] = {}
+        self._seq = 0
+
+    async def create_run(self, header: RunHeader) -> None:
+        """Create a run; raise RunStateError when the id is taken."""
+        if header.run_id in self._runs:
+            raise RunStateError(f"run {header.run_id!r} already exists")
+        self._runs[header.run_id] = RunState(
+            header=header, context=copy.deepcopy(header.initial_context), records={}
+        )
+
+    async def load(self, run_id: str) -> RunState | None:
+        """The live run state (shared, not copied: the in-process runtime reads it in place)."""
+        return self._runs.get(run_id)
+
+    async def commit(self, run_id: str, record: NodeRecord) -> tuple[NodeRecord, bool]:
+        """Store a record unless one exists for its key."""
+        state = self._require(run_id)
+        existing = state.records.get(record.key)
+        if existing is not None:
+            return existing, False
+        self._seq += 1
+        record.seq = self._seq
+        state.records[record.key] = record
+        apply_record(state.context, record, output_key)
+        return record, True
+
+    async def replace(self, run_id: str, record: NodeRecord, *, expected_status: str) -> bool:
+        """Overwrite a record while its status is expected_status."""
+        state = self._require(run_id)
+        existing = state.records.get(record.key)
+        if existing is None or existing.status != expected_status:
+            return False
+        self._seq += 1
+        record.seq = self._seq
+        state.records[record.key] = record
+        apply_record(state.context, record, output_key)
+        return True
+
+    async def mark(self, run_id: str, marker: Literal["cancelled", "failed"], data: dict[str, Any]) -> None:
+        """Record cancellation or failure."""
+        state = self._require(run_id)
+        if marker == "cancelled":
+            state.cancelled = str(data.get("reason", "cancelled"))
+        else:
+            state.failed = data
+
+    def _require(self, run_id: str) -> RunState:
+        state = self._runs.get(run_id)
+        if state is None:
+            raise RunStateError(f"run {run_id!r} does not exist")
+        return state
+
+
+class InMemoryStatusStore:
+    """Status items in a dict."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+        self.final_writes: dict[str, int] = {}
+
+    async def create(self, run_id: str, blueprint_id: str, created_at: float) -> None:
+        """Create a running status item."""
+        if run_id in self.items:
+            raise RunStateError(f"run {run_id!r} already exists")
+        self.items[run_id] = {
+            "id": run_id,
+            "runId": run_id,
+            "blueprintId": blueprint_id,
+            "status": "running",
+            "createdAt": created_at,
+            "lastUpdated": created_at,
+        }
+
+    async def get(self, run_id: str) -> dict[str, Any] | None:
+        """A copy of the status item."""
+        item = self.items.get(run_id)
+        return dict(item) if item else None
+
+    async def touch(self, run_id: str) -> None:
+        """Refresh lastUpdated."""
+        if run_id in self.items:
+            self.items[run_id]["lastUpdated"] = time.time()
+
+    async def set_status(self, run_id: str, status: RunStatus, *, reason: str | None = None,
+                         extra: dict[str, Any] | None = None) -> bool:
+        """Set a non-final status."""
+        item = self.items.get(run_id)
+        if item is None or item["status"] in FINAL_STATUSES:
+            return False
+        item.update({"status": status, "lastUpdated": time.time(), **(extra or {})})
+        if reason is not None:
+            item["reason"] = reason
+        return True
+
+    async def finalize(self, run_id: str, status: RunStatus, *, result: dict[str, Any] | None = None,
+                       reason: str | None = None) -> bool:
+        """Write the final status once."""
+        item = self.items.get(run_id)
+        if item is None or item["status"] in FINAL_STATUSES:
+            return False
+        item.update({"status": status, "lastUpdated": time.time()})
+        item.pop("awaiting", None)
+        if result is not None:
+            item["result"] = result
+        if reason is not None:
+            item["reason"] = reason
+        self.final_writes[run_id] = self.final_writes.get(run_id, 0) + 1
+        return True
+
+    async def list_stalled(self, older_than: float, limit: int = 100) -> list[str]:
+        """Running runs not updated since older_than."""
+        return [
+            rid for rid, item in self.items.items()
+            if item["status"] == "running" and item["lastUpdated"] < older_than
+        ][:limit]
+
+
+class InMemoryCoordinationStore:
+    """Coordination state in dicts; single event loop, so every method is atomic."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, str] = {}
+        self._gates: dict[str, dict[str, bool]] = {}
+        self._decisions: dict[str, GateDecision] = {}
+        self._terminals: dict[str, set[str]] = {}
+
+    async def increment(self, key: str, ttl_seconds: int) -> int:
+        """Add one to a counter."""
+        value = int(self._values.get(key, "0")) + 1
+        self._values[key] = str(value)
+        return value
+
+    async def set_if_not_exist(self, key: str, value: str, ttl_seconds: int) -> bool:
+        """Set a key if absent."""
+        if key in self._values:
+            return False
+        self._values[key] = value
+        return True
+
+    async def extend_ttl(self, key: str, ttl_seconds: int) -> bool:
+        """No expiry in memory; True while the key exists."""
+        return key in self._values
+
+    async def delete(self, key: str) -> None:
+        """Remove a key."""
+        self._values.pop(key, None)
+
+    async def get(self, key: str) -> str | None:
+        """Read a key."""
+        return self._values.get(key)
+
+    async def arrive(self, gate: str, member: str, *, done: bool, expected: int, strategy: str,
+                     ttl_seconds: int) -> tuple[GateDecision, bool]:
+        """See CoordinationStore.arrive."""
+        members = self._gates.setdefault(gate, {})
+        members[member] = members.get(member, False) or done
+        decided = self._decisions.get(gate)
+        if decided is not None:
+            return decided, False
+        decision = decide_gate(members, expected, strategy)
+        if decision == "wait":
+            return "wait", False
+        self._decisions[gate] = decision
+        return decision, True
+
+    async def resolve_terminal(self, run_id: str, member: str, expected: int, ttl_seconds: int) -> bool:
+        """Record a terminal's end; True once all have ended."""
+        ended = self._terminals.setdefault(run_id, set())
+        ended.add(member)
+        return len(ended) >= expected
+
+    async def forget_run(self, run_id: str) -> None:
+        """Drop the run's keys."""
+        self._terminals.pop(run_id, None)
+        prefix = f"{run_id}|"
+        for store in (self._gates, self._decisions):
+            for key in [k for k in store if k.startswith(prefix)]:
+                store.pop(key, None)
+
+
+def decide_gate(members: dict[str, bool], expected: int, strategy: str) -> GateDecision:
+    """The join rule shared by every coordination store (Redis runs the same rule in Lua)."""
+    if strategy == "any":
+        if any(members.values()):
+            return "fire"
+        return "skip" if len(members) >= expected else "wait"
+    if len(members) < expected:
+        return "wait"
+    return "fire" if any(members.values()) else "skip"
+
+
+class InMemoryJobQueue:
+    """An asyncio queue with delayed delivery, for the in-process runtime."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._delayed: set[asyncio.Task[None]] = set()
+        self.sent = 0
+
+    async def enqueue(self, job: Job, *, delay_seconds: float = 0) -> None:
+        """Put a job on the queue, now or after a delay."""
+        self.sent += 1
+        if delay_seconds <= 0:
+            self.queue.put_nowait(job)
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(delay_seconds)
+            self.queue.put_nowait(job)
+
+        task = asyncio.create_task(later())
+        self._delayed.add(task)
+        task.add_done_callback(self._delayed.discard)
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing is queued or scheduled."""
+        return self.queue.empty() and not self._delayed
+
+    def close(self) -> None:
+        """Cancel delayed deliveries."""
+        for task in list(self._delayed):
+            task.cancel()
