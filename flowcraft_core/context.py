@@ -29,7 +29,7 @@ def input_key(node_id: str) -> str:
 def ensure_json(value: Any, *, what: str) -> Any:
     """Reject values that cannot be stored as JSON, with the key in the message."""
     try:
-        json.dumps(value)
+        json.dumps(value, allow_nan=False)  # NaN and Infinity are not JSON: Cosmos DB would refuse them
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
     return value

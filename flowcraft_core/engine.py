@@ -189,6 +189,11 @@ class Engine:
             logger.info("run %s cancelled: %s", run_id, reason)
         await self.coordination.forget_run(run_id)
 
+    def signal_run(self, run_id: str, reason: str) -> None:
+        """Tell this process's running nodes of a run that it was stopped elsewhere."""
+        for signal in list(self._signals.get(run_id, ())):
+            signal.cancel(reason)
+
     async def resume(self, run_id: str, action: str | None = None, output: Any = None,
                      node_id: str | None = None) -> str:
         """Continue an awaiting run: complete its waiting node with output and route by action."""
@@ -197,8 +202,7 @@ class Engine:
             raise UnknownRunError(f"run {run_id!r} does not exist")
         if state.stopped:
             raise RunStateError(f"run {run_id!r} has ended")
-        waiting = [r for r in state.records.values() if r.status == "awaiting"
-                   and (node_id is None or r.node_id == node_id)]
+        waiting = [r for r in waiting_records(state) if node_id is None or r.node_id == node_id]
         if not waiting:
             what = f"node {node_id!r} of run {run_id!r} is" if node_id else f"run {run_id!r} is"
             raise RunStateError(f"{what} not awaiting input")
@@ -218,7 +222,13 @@ class Engine:
                           routes=plan.routes, attempts=rec.attempts)
         if not await self.run_store.replace(run_id, done, expected_status="awaiting"):
             raise RunStateError(f"node {rec.node_id!r} of run {run_id!r} was resumed concurrently")
-        await self.status_store.set_status(run_id, "running", extra={"awaiting": []})
+        # Like handle_job, the run stays "awaiting" while any node still waits for input; otherwise
+        # nothing would set it back once the resumed branch ends, and the run would look stalled.
+        still = sorted(r.node_id for r in waiting_records(state) if r.key != rec.key)
+        if still:
+            await self.status_store.set_status(run_id, "awaiting", extra={"awaiting": still})
+        else:
+            await self.status_store.set_status(run_id, "running", extra={"awaiting": []})
         await self._enqueue(Job(run_id, state.header.blueprint_id, rec.node_id, rec.iteration))
         logger.info("run %s resumed at node %s with action %r", run_id, rec.node_id, action)
         return rec.node_id
@@ -341,6 +351,10 @@ class Engine:
                     self._signals.pop(job.run_id, None)
         if outcome.error is not None or outcome.result is None:
             err = outcome.error or NodeExecutionError(node.id, "no result", outcome.attempts)
+            extra = node.model_extra or {}
+            if "batchIndex" in extra:
+                # A batch worker's id is generated: say which item of the list failed.
+                err.reason = f"batch item {extra['batchIndex']} (of {extra.get('batchSize', '?')}) failed: {err.reason}"
             return NodeRecord(node_id=node.id, iteration=job.iteration, status="failed",
                               error=err.to_dict(), attempts=outcome.attempts)
         result = outcome.result
@@ -534,6 +548,11 @@ class Engine:
         if state is None:
             raise UnknownRunError(f"run {run_id!r} does not exist")
         return dict(state.context)
+
+
+def waiting_records(state: RunState) -> list[NodeRecord]:
+    """The records of nodes that wait for external input (wait, webhook)."""
+    return [r for r in state.records.values() if r.status == "awaiting"]
 
 
 def _awaiting(state: RunState, record: NodeRecord) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -106,19 +107,30 @@ class NodeExecutor:
             err = NodeExecutionError(node.id, f"cancelled: {exc}", max(attempts_box[0], 1))
             return ExecutionOutcome(None, err, err.attempt)
         except _Failed as failed:
-            fallback = await self._fallback(node, impl, ctx, failed.error, payload)
-            if fallback is not None:
-                return ExecutionOutcome(fallback, None, attempts_box[0], used_fallback=True)
-            err = NodeExecutionError(node.id, _describe(failed.error), attempts_box[0])
-            await self.events.emit({"type": "node:error", "payload": {**payload, **err.to_dict()}})
-            return ExecutionOutcome(None, err, attempts_box[0])
+            fallback = await self._fallback(node, impl, ctx, failed, payload)
+            if fallback is None:
+                err = NodeExecutionError(node.id, _describe(failed.error), attempts_box[0])
+                await self.events.emit({"type": "node:error", "payload": {**payload, **err.to_dict()}})
+                return ExecutionOutcome(None, err, attempts_box[0])
+            result, used_fallback = fallback, True
         except Exception as exc:  # middleware or result coercion failed: report, never crash the worker
             err = NodeExecutionError(node.id, _describe(exc), max(attempts_box[0], 1))
             await self.events.emit({"type": "node:error", "payload": {**payload, **err.to_dict()}})
             return ExecutionOutcome(None, err, err.attempt)
-        await self.events.emit({"type": "node:finish", "payload": {
-            **payload, "attempts": attempts_box[0], "action": result.action}})
-        return ExecutionOutcome(result, None, attempts_box[0])
+        else:
+            used_fallback = False
+        problem = _json_problem(result)
+        if problem is not None:
+            # Checked here, not when the record is stored, so that the error names the node and the
+            # in-process runtime fails exactly where Cosmos DB would refuse the value.
+            err = NodeExecutionError(node.id, problem, max(attempts_box[0], 1))
+            await self.events.emit({"type": "node:error", "payload": {**payload, **err.to_dict()}})
+            return ExecutionOutcome(None, err, err.attempt)
+        finish = {**payload, "attempts": attempts_box[0], "action": result.action}
+        if used_fallback:
+            finish["fallback"] = True
+        await self.events.emit({"type": "node:finish", "payload": finish})
+        return ExecutionOutcome(result, None, attempts_box[0], used_fallback=used_fallback)
 
     async def _attempts(self, node: NodeDefinition, impl: Any, ctx: NodeContext, box: list[int]) -> NodeResult:
         config = node.config
@@ -148,7 +160,7 @@ class NodeExecutor:
                     if config.retry_delay:
                         await asyncio.sleep(config.retry_delay / 1000)
         assert last is not None
-        raise _Failed(last)
+        raise _Failed(last, instance)
 
     async def _one_attempt(self, impl: Any, instance: BaseNode | None, prep: Any, ctx: NodeContext,
                            timeout_ms: float | None) -> NodeResult:
@@ -165,8 +177,9 @@ class NodeExecutor:
         except TimeoutError:
             raise NodeTimeoutError(f"timed out after {timeout_ms:g} ms") from None
 
-    async def _fallback(self, node: NodeDefinition, impl: Any, ctx: NodeContext, error: BaseException,
+    async def _fallback(self, node: NodeDefinition, impl: Any, ctx: NodeContext, failed: _Failed,
                         payload: dict[str, Any]) -> NodeResult | None:
+        error = failed.error
         fallback_uses = node.config.fallback
         if fallback_uses is None and not (is_node_class(impl) and impl.fallback is not BaseNode.fallback):
             return None
@@ -182,7 +195,9 @@ class NodeExecutor:
                     raw = await inst.exec(await inst.prep(ctx), ctx)
                     return NodeResult.coerce(await inst.post(raw, ctx))
                 return NodeResult.coerce(await call_maybe_async(fb, ctx))
-            inst = impl(node.params, node.id)
+            # A class node's own fallback runs on the instance prep and exec used (as in Flowcraft), so
+            # it can rely on what prep stored on self.
+            inst = failed.instance if failed.instance is not None else impl(node.params, node.id)
             return NodeResult.coerce(await inst.post(await inst.fallback(error, ctx), ctx))
         except Exception as exc:
             ctx.context.discard_changes()
@@ -192,9 +207,20 @@ class NodeExecutor:
 
 
 class _Failed(Exception):
-    def __init__(self, error: BaseException) -> None:
+    def __init__(self, error: BaseException, instance: BaseNode | None = None) -> None:
         super().__init__(str(error))
         self.error = error
+        self.instance = instance
+
+
+def _json_problem(result: NodeResult) -> str | None:
+    """Why a result's output or dynamic nodes cannot be stored as JSON, or None when they can."""
+    for what, value in (("output", result.output), ("dynamic_nodes", result.dynamic_nodes)):
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return f"the node's {what} is not JSON-serializable: {exc}"
+    return None
 
 
 def _wrap(mw: Middleware, ctx: NodeContext, nxt: Any) -> Any:

@@ -64,6 +64,8 @@ _MAX_INT_BITS = 20_000
 _MAX_RESULT_DEPTH = 200
 _CACHE_SIZE = 512
 _PREVIEW = 80
+# Python's own messages may quote operands (a 100 kB string, say); keep errors readable.
+_MAX_REASON = 300
 
 # catch_warnings swaps the process-wide filter list; two threads interleaving it can leave
 # warnings silenced for good, so every use here is serialized.
@@ -78,7 +80,7 @@ _NUMBER_RE = re.compile(r"(?:\d|\.\d)(?:[eE][+-]|[\w.])*")
 _IDENT_RE = re.compile(r"[^\W\d]\w*")
 
 # Node types that carry no work of their own; they are not counted against max_nodes.
-_MARKER_NODES = (ast.expr_context, ast.operator, ast.boolop, ast.unaryop, ast.cmpop)
+_MARKER_NODES = (ast.Expression, ast.expr_context, ast.operator, ast.boolop, ast.unaryop, ast.cmpop)
 
 _ALLOWED_NODES: frozenset[type[ast.AST]] = frozenset(
     {
@@ -430,7 +432,7 @@ class SafeEvaluator:
         try:
             value = interpreter.eval(expression, previously_parsed=tree)
         except Exception as exc:  # every failure of a user expression becomes one error type
-            reason = str(exc) or type(exc).__name__
+            reason = (str(exc) or type(exc).__name__)[:_MAX_REASON]
             raise ExpressionError(f"cannot evaluate {_preview(expression)!r}: {reason}") from exc
         finally:
             # Do not keep a finished run's context alive through the thread-local interpreter.
@@ -451,9 +453,7 @@ class SafeEvaluator:
         if not isinstance(expression, str):
             raise ExpressionError(f"an expression must be a string, not {type(expression).__name__}")
         if len(expression) > self.max_length:
-            raise ExpressionError(
-                f"expression is {len(expression)} characters long; the limit is {self.max_length}"
-            )
+            raise ExpressionError(f"expression is {len(expression)} characters long; the limit is {self.max_length}")
         if not expression.strip():
             raise ExpressionError("expression is empty")
         source = _translate(expression).strip()
@@ -505,6 +505,8 @@ class SafeEvaluator:
     @staticmethod
     def _vet_call(node: ast.Call, refuse: Callable[[str], ExpressionError]) -> None:
         allowed = ", ".join([*_FUNCTIONS, *(f".{m}()" for m in _STRING_METHODS)])
+        if node.keywords:
+            raise refuse("keyword arguments are not allowed")
         func = node.func
         if isinstance(func, ast.Name):
             if "__" in func.id:
@@ -524,8 +526,6 @@ class SafeEvaluator:
                 raise refuse(f".{func.attr}() takes {wanted} argument(s), got {len(node.args)}")
         else:
             raise refuse("only named functions and string methods can be called")
-        if node.keywords:
-            raise refuse("keyword arguments are not allowed")
 
 
 class _Interpreter(SimpleEval):  # type: ignore[misc]  # simpleeval ships no type hints
@@ -676,11 +676,12 @@ class _Interpreter(SimpleEval):  # type: ignore[misc]  # simpleeval ships no typ
         _require_numbers(a, b)
         if abs(a) > self.limits.max_power or abs(b) > self.limits.max_power:
             raise ExpressionError(
-                f"{a!r} ** {b!r} is refused: base and exponent are limited to {self.limits.max_power}"
+                f"{_number_text(a)} ** {_number_text(b)} is refused: "
+                f"base and exponent are limited to {self.limits.max_power}"
             )
         result = a**b
         if isinstance(result, complex):
-            raise ValueError(f"{a!r} ** {b!r} is not a real number")
+            raise ValueError(f"{_number_text(a)} ** {_number_text(b)} is not a real number")
         return result
 
     def _bound(self, size: int) -> None:
@@ -694,6 +695,12 @@ def _require_numbers(*values: Any) -> None:
     for value in values:
         if not isinstance(value, (int, float)):
             raise TypeError(f"expected a number, got {_type_name(value)}")
+
+
+def _number_text(value: int | float) -> str:
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"<{value.bit_length()}-bit integer>"
+    return repr(value)
 
 
 def _type_name(value: Any) -> str:
@@ -801,6 +808,4 @@ def _to_json_like(value: Any, expression: str, depth: int = 0) -> Any:
                 key = json.dumps(key)
             result[key] = _to_json_like(item, expression, depth + 1)
         return result
-    raise ExpressionError(
-        f"the result of {_preview(expression)!r} is a {type(value).__name__}, not a JSON-like value"
-    )
+    raise ExpressionError(f"the result of {_preview(expression)!r} is a {type(value).__name__}, not a JSON-like value")

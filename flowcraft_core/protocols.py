@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol
 
 RunStatus = Literal["running", "awaiting", "completed", "failed", "cancelled", "stalled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
-RecordStatus = Literal["completed", "failed", "awaiting", "sleeping"]
+RecordStatus = Literal["completed", "failed", "awaiting", "external"]
 GateDecision = Literal["fire", "skip", "wait"]
 
 

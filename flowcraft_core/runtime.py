@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .engine import Engine, EngineOptions, validate_run_id
-from .errors import InvalidJobError, UnknownRunError
+from .errors import FlowcraftError, InvalidJobError, UnknownRunError
 from .events import EventBus, Middleware
 from .expressions import Evaluator
 from .memory import InMemoryCoordinationStore, InMemoryJobQueue, InMemoryRunStore, InMemoryStatusStore
@@ -138,6 +138,7 @@ class FlowRuntime:
         """Process the run's jobs with bounded concurrency until nothing is left to do."""
         queue = self._queues.for_run(run_id)
         in_flight: set[asyncio.Task[None]] = set()
+        getter: asyncio.Future[Job] | None = None
         try:
             while True:
                 while not queue.queue.empty() and len(in_flight) < self.concurrency:
@@ -149,7 +150,7 @@ class FlowRuntime:
                     if item is None or item["status"] in FINAL_STATUSES or queue.idle:
                         break
                 waiters: set[asyncio.Future[Any]] = set(in_flight)
-                getter: asyncio.Future[Job] | None = None
+                getter = None
                 if len(in_flight) < self.concurrency:
                     getter = asyncio.ensure_future(queue.queue.get())
                     waiters.add(getter)
@@ -162,7 +163,18 @@ class FlowRuntime:
                     getter.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await getter
+        except asyncio.CancelledError:
+            # Whoever awaited the run stopped (a timeout around run(), a subflow node's timeout or
+            # cancellation): end the run as cancelled and stop its nodes instead of leaving them
+            # running unobserved and the run "running" forever.
+            with contextlib.suppress(FlowcraftError):
+                await self.engine.cancel(run_id, "the task driving the run was cancelled")
+            for task in in_flight:
+                task.cancel()
+            raise
         finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
             queue.close()
             self._queues.queues.pop(run_id, None)
 

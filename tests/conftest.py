@@ -15,7 +15,6 @@ import contextlib
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The project is not pip-installed into the venv: make `import flowcraft_core` work from any cwd.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from helpers import AzureTestEnv  # noqa: E402
 
 from flowcraft_core.azure.clients import (  # noqa: E402
     ensure_queue,
@@ -57,24 +58,6 @@ def emulators() -> Iterator[Emulators]:
         yield emu
     finally:
         emu.stop()
-
-
-@dataclass(frozen=True)
-class AzureTestEnv:
-    """Connection strings of the session's emulators plus names unique to one test."""
-
-    queue_connection_string: str
-    queue_name: str
-    cosmos_connection_string: str
-    cosmos_verify_tls: bool
-    cosmos_database: str
-    redis_url: str
-    redis_prefix: str
-    emulator_settings: dict[str, str]
-
-    def settings(self, **extra: str) -> dict[str, str]:
-        """App settings for code under test: the emulators' plus this test's queue name."""
-        return {**self.emulator_settings, "FLOWCRAFT_QUEUE_NAME": self.queue_name, **extra}
 
 
 @pytest.fixture
@@ -126,9 +109,7 @@ async def queue_client(azure_env: AzureTestEnv) -> AsyncIterator[QueueClient]:
 @pytest.fixture
 async def cosmos_client(azure_env: AzureTestEnv) -> AsyncIterator[CosmosClient]:
     """A client for the stand-in; create ``azure_env.cosmos_database`` with ensure_cosmos_containers."""
-    async with make_cosmos_client(
-        azure_env.cosmos_connection_string, verify_tls=azure_env.cosmos_verify_tls
-    ) as cc:
+    async with make_cosmos_client(azure_env.cosmos_connection_string, verify_tls=azure_env.cosmos_verify_tls) as cc:
         yield cc
 
 

@@ -5,18 +5,31 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
 
+@overload
 async def wait_until(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], Awaitable[T]], timeout: float = ..., interval: float = ..., *, message: str = ...
+) -> T: ...
+
+
+@overload
+async def wait_until(
+    predicate: Callable[[], T], timeout: float = ..., interval: float = ..., *, message: str = ...
+) -> T: ...
+
+
+async def wait_until(
+    predicate: Callable[[], Any],
     timeout: float = 10.0,
     interval: float = 0.05,
     *,
     message: str = "condition",
-) -> T:
+) -> Any:
     """Poll ``predicate`` (sync or async) until it returns something truthy; return that value.
 
     Raises ``TimeoutError`` naming ``message`` and the last value seen once ``timeout`` seconds have
@@ -30,8 +43,26 @@ async def wait_until(
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise TimeoutError(f"{message} not met within {timeout}s (last value: {value!r})")
         await asyncio.sleep(min(interval, remaining))
+
+
+@dataclass(frozen=True)
+class AzureTestEnv:
+    """Connection strings of the session's emulators plus names unique to one test."""
+
+    queue_connection_string: str
+    queue_name: str
+    cosmos_connection_string: str
+    cosmos_verify_tls: bool
+    cosmos_database: str
+    redis_url: str
+    redis_prefix: str
+    emulator_settings: dict[str, str]
+
+    def settings(self, **extra: str) -> dict[str, str]:
+        """App settings for code under test: the emulators' plus this test's queue name."""
+        return {**self.emulator_settings, "FLOWCRAFT_QUEUE_NAME": self.queue_name, **extra}

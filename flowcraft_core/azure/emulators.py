@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import logging
 import os
 import shlex
 import shutil
@@ -53,17 +54,15 @@ __all__ = [
     "require_redis_server",
 ]
 
+log = logging.getLogger(__name__)
+
 # Azurite's fixed development account. The key is the documented, public well-known key of the
 # storage emulator; it protects nothing.
 AZURITE_ACCOUNT_NAME = "devstoreaccount1"
-AZURITE_ACCOUNT_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
+AZURITE_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 # The Cosmos stand-in accepts any key, but the SDK insists on valid base64 to sign requests; this is
 # the public key of Microsoft's Cosmos DB emulator, so it is recognisably "not a secret".
-COSMOS_EMULATOR_KEY = (
-    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
-)
+COSMOS_EMULATOR_KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
 
 # What `npm ci` must have produced for us to skip running it.
 _REQUIRED_NODE_BINS = ("azurite-queue", "cosmosdb-server")
@@ -123,22 +122,37 @@ def _node_modules_complete(repo_root: Path) -> bool:
     return all((bin_dir / name).exists() for name in _REQUIRED_NODE_BINS)
 
 
+def _node_modules_current(repo_root: Path) -> bool:
+    """True when node_modules has the emulators and was installed after the last lockfile change.
+
+    npm records what it installed in node_modules/.package-lock.json; a package-lock.json newer than
+    that (a pulled version bump) means node_modules is stale and `npm ci` must run again.
+    """
+    if not _node_modules_complete(repo_root):
+        return False
+    lock = repo_root / "package-lock.json"
+    installed = repo_root / "node_modules" / ".package-lock.json"
+    if not lock.is_file():
+        return True
+    return installed.is_file() and installed.stat().st_mtime >= lock.stat().st_mtime
+
+
 def ensure_node_modules(repo_root: Path) -> None:
     """Install the npm emulators (Azurite, cosmosdb-server) unless ``node_modules`` has them."""
     # The emulators are node programs: node is needed even when node_modules is already there.
     _require_tool("node", _NODE_HINT)
-    if _node_modules_complete(repo_root):
+    if _node_modules_current(repo_root):
         return
     npm = _require_tool("npm", _NODE_HINT)
     # `npm ci` reproduces package-lock.json exactly; fall back to `install` when there is no lock.
     verb = "ci" if (repo_root / "package-lock.json").is_file() else "install"
     cmd = [npm, verb, "--no-audit", "--no-fund"]
+    log.info("installing the npm emulators: %s (takes about a minute)", " ".join(cmd))
     result = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, check=False)
     if result.returncode != 0 or not _node_modules_complete(repo_root):
         output = (result.stdout + result.stderr)[-_LOG_TAIL_BYTES:]
         raise EmulatorError(
-            f"`{' '.join(cmd)}` in {repo_root} did not install the emulators "
-            f"(exit {result.returncode}):\n{output}"
+            f"`{' '.join(cmd)}` in {repo_root} did not install the emulators (exit {result.returncode}):\n{output}"
         )
 
 
@@ -533,6 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start.add_argument("--repo-root", type=Path, default=None, help="where package.json/node_modules live")
     start.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each service")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="emulators: %(message)s")
     if args.command == "start":
         return _cmd_start(args)
     parser.error(f"unknown command {args.command}")

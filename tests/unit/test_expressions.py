@@ -154,9 +154,7 @@ def test_non_json_scope_objects_are_opaque(ev: SafeEvaluator) -> None:
         ("'ab' * 3", "ababab"),
     ],
 )
-def test_literals_and_operators(
-    ev: SafeEvaluator, scope: dict[str, Any], expression: str, expected: Any
-) -> None:
+def test_literals_and_operators(ev: SafeEvaluator, scope: dict[str, Any], expression: str, expected: Any) -> None:
     assert ev.evaluate(expression, scope) == expected
 
 
@@ -181,9 +179,7 @@ def test_literals_and_operators(
         ("'  pad '.trim().toUpperCase()", "PAD"),
     ],
 )
-def test_javascript_spellings(
-    ev: SafeEvaluator, scope: dict[str, Any], expression: str, expected: Any
-) -> None:
+def test_javascript_spellings(ev: SafeEvaluator, scope: dict[str, Any], expression: str, expected: Any) -> None:
     assert ev.evaluate(expression, scope) == expected
 
 
@@ -219,9 +215,7 @@ def test_line_breaks_are_whitespace(ev: SafeEvaluator, scope: dict[str, Any]) ->
         ("round(2.567, 2)", 2.57),
     ],
 )
-def test_whitelisted_functions(
-    ev: SafeEvaluator, scope: dict[str, Any], expression: str, expected: Any
-) -> None:
+def test_whitelisted_functions(ev: SafeEvaluator, scope: dict[str, Any], expression: str, expected: Any) -> None:
     assert ev.evaluate(expression, scope) == expected
 
 
@@ -271,7 +265,7 @@ HOSTILE = [
     pytest.param("   ", "empty", id="blank"),
     pytest.param("9**9**9", "limited to 1000", id="power-tower"),
     pytest.param("2 ** 1001", "limited to 1000", id="power-exponent"),
-    pytest.param("10 ** 3 ** 3", "limited to 1000", id="power-nested"),
+    pytest.param("(2 ** 10) ** 2", "limited to 1000", id="power-nested"),
     pytest.param("1000.0 ** 1000", "overflow|range", id="float-power-overflow"),
     pytest.param("(-8) ** 0.5", "not a real number", id="complex-power"),
     pytest.param("'a' * 10**9", "max_string_length", id="string-repeat"),
@@ -279,17 +273,15 @@ HOSTILE = [
     pytest.param("[0] * 10**9", "max_string_length", id="list-repeat"),
     pytest.param("['a' * 100000] * 100000", "max_string_length", id="nested-repeat"),
     pytest.param("('a' * 60000) + ('b' * 60000)", "max_string_length", id="concat"),
-    pytest.param(
-        "(999**999) * (999**999) * (999**999) * (999**999) * (999**999) * (999**999)", "bits", id="bigint"
-    ),
+    pytest.param("(999**999) * (999**999) * (999**999) * (999**999) * (999**999) * (999**999)", "bits", id="bigint"),
     pytest.param("'%999999999d' % 1", "number", id="percent-format"),
     pytest.param("x" * 1001, "limit is 1000", id="too-long"),
     pytest.param("(" * 100 + "1" + ")" * 100, "nested deeper", id="deep-parens"),
     pytest.param("[" * 50 + "]" * 50, "nested deeper", id="deep-brackets"),
     pytest.param("not " * 200 + "x", "nested deeper|syntax nodes", id="deep-not"),
     pytest.param("-" * 900 + "1", "nested deeper|syntax nodes", id="deep-minus"),
-    pytest.param(" + ".join(["1"] * 40), "nested deeper", id="long-sum"),
-    pytest.param(" and ".join(["x"] * 201), "syntax nodes", id="too-many-nodes"),
+    pytest.param(" + ".join(["1"] * 70), "nested deeper", id="long-sum"),
+    pytest.param("&&".join(["x"] * 201), "syntax nodes", id="too-many-nodes"),
     pytest.param("1 / 0", "division by zero", id="zero-division"),
     pytest.param("1e308 * 10", "finite", id="infinity"),
     pytest.param("float('nan')", "finite", id="nan"),

@@ -1,0 +1,310 @@
+"""The distributed runtime on Azure: Storage Queue jobs, Cosmos DB state, Redis coordination."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from azure.cosmos.aio import CosmosClient
+from azure.storage.queue.aio import QueueClient
+
+from ..engine import Engine, EngineOptions, JobOutcome
+from ..errors import InvalidJobError
+from ..protocols import CoordinationStore, Job
+from .cosmos import CosmosRunStore, CosmosStatusStore, RequestCounter
+from .queue import AzureJobQueue, parse_job
+
+logger = logging.getLogger("flowcraft.azure")
+
+
+@dataclass
+class RuntimeOptions:
+    """What the engine runs: the node registry and blueprints, and its pluggable parts."""
+
+    registry: Mapping[str, Any] = field(default_factory=dict)
+    blueprints: Mapping[str, Any] = field(default_factory=dict)
+    dependencies: Mapping[str, Any] = field(default_factory=dict)
+    evaluator: Any = None
+    event_bus: Any = None
+    middleware: list[Any] = field(default_factory=list)
+    engine: EngineOptions | None = None
+
+
+@dataclass
+class WorkerOptions:
+    """How the standalone polling worker behaves."""
+
+    # Jobs handled at once by one worker process; nodes mostly wait on I/O, so this can exceed cores.
+    concurrency: int = 16
+    # Seconds a received message stays invisible; extended while its node is still running.
+    visibility_timeout: int = 60
+    # Longest pause between polls of an empty queue (the first retries come sooner).
+    max_poll_interval: float = 2.0
+    # Deliveries of one message before it goes to the poison queue (the Functions host default is 5).
+    max_dequeue_count: int = 5
+
+
+class AzureQueueAdapter:
+    """Runs workflow jobs from an Azure Storage Queue, keeping state in Cosmos DB and joins in Redis."""
+
+    def __init__(
+        self,
+        *,
+        queue_client: QueueClient,
+        cosmos_client: CosmosClient,
+        coordination_store: CoordinationStore,
+        cosmos_database_name: str = "flowcraftDb",
+        context_container_name: str = "contexts",
+        status_container_name: str = "statuses",
+        runtime_options: RuntimeOptions | Mapping[str, Any] | None = None,
+        worker_options: WorkerOptions | None = None,
+        poison_queue_client: QueueClient | None = None,
+    ) -> None:
+        opts = runtime_options if isinstance(runtime_options, RuntimeOptions) else RuntimeOptions(
+            **dict(runtime_options or {}))
+        self.queue_client = queue_client
+        self.poison_queue_client = poison_queue_client
+        self.cosmos_client = cosmos_client
+        self.cosmos_requests = RequestCounter()
+        self.run_store = CosmosRunStore.from_client(cosmos_client, cosmos_database_name, context_container_name,
+                                                    self.cosmos_requests)
+        self.status_store = CosmosStatusStore.from_client(cosmos_client, cosmos_database_name,
+                                                          status_container_name, self.cosmos_requests)
+        self.job_queue = AzureJobQueue(queue_client)
+        self.coordination = coordination_store
+        self.engine = Engine(
+            registry=opts.registry, blueprints=opts.blueprints, run_store=self.run_store,
+            status_store=self.status_store, coordination=coordination_store, queue=self.job_queue,
+            evaluator=opts.evaluator, event_bus=opts.event_bus, middleware=opts.middleware,
+            dependencies=opts.dependencies, options=opts.engine,
+        )
+        self.worker_options = worker_options or WorkerOptions()
+        self._stopping = asyncio.Event()
+        self._poller: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self.processed = 0
+
+    # ------------------------------------------------------------------ run control
+    async def start_run(self, blueprint_id: str, context: Mapping[str, Any] | None = None,
+                        run_id: str | None = None) -> str:
+        """Create a run and enqueue its start nodes; returns the run id."""
+        return await self.engine.start_run(blueprint_id, context, run_id)
+
+    async def reconcile(self, run_id: str) -> int:
+        """Re-enqueue what a stalled run should be doing; returns how many jobs were enqueued."""
+        return await self.engine.reconcile(run_id)
+
+    async def resume_with_action(self, run_id: str, action: str | None = None, output: Any = None,
+                                 node_id: str | None = None) -> str:
+        """Continue an awaiting run; returns the node id it resumed."""
+        return await self.engine.resume(run_id, action, output, node_id)
+
+    async def cancel(self, run_id: str, reason: str = "cancelled by request") -> None:
+        """Cancel a run."""
+        await self.engine.cancel(run_id, reason)
+
+    async def get_status(self, run_id: str) -> dict[str, Any] | None:
+        """The run's status item."""
+        return await self.status_store.get(run_id)
+
+    async def wait_for_run(self, run_id: str, timeout: float = 60.0, interval: float = 0.5) -> dict[str, Any]:
+        """Poll the status item until the run is no longer running (the seed's client loop, in one call)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = await self.status_store.get(run_id)
+            if status is not None and status.get("status") not in ("running",):
+                return status
+            if time.monotonic() >= deadline:
+                return {"runId": run_id, "status": "timeout",
+                        "reason": f"run still running after {timeout:g}s", **(status or {})}
+            await asyncio.sleep(interval)
+
+    async def run_result(self, run_id: str) -> dict[str, Any] | None:
+        """The status item with result.context filled in even when it was too large for the item."""
+        status = await self.status_store.get(run_id)
+        if status is None:
+            return None
+        result = status.get("result") or {}
+        if result.get("contextTruncated"):
+            state = await self.run_store.load(run_id)
+            if state is not None:
+                status["result"] = {**result, "context": state.context}
+        return status
+
+    # ------------------------------------------------------------------ jobs
+    async def handle_job(self, job: Job | Mapping[str, Any]) -> JobOutcome:
+        """Execute one job (a Job or its message dict)."""
+        if not isinstance(job, Job):
+            import json
+
+            job = parse_job(json.dumps(dict(job)))
+        outcome = await self.engine.handle_job(job)
+        self.processed += 1
+        await self.engine.events.emit({"type": "job:processed", "payload": {
+            **job.to_dict(), "status": outcome.status}})
+        return outcome
+
+    async def handle_message(self, body: bytes | str, *, dequeue_count: int = 1,
+                             base64_encoded: bool = False) -> JobOutcome:
+        """Parse and execute one queue message; InvalidJobError when it is not a job of ours."""
+        job = parse_job(body, base64_encoded=base64_encoded)
+        job.attempt = max(job.attempt, dequeue_count)
+        return await self.handle_job(job)
+
+    async def fail_poisoned(self, body: bytes | str, *, base64_encoded: bool = False,
+                            dequeue_count: int | None = None) -> str | None:
+        """Mark the run of a message that kept failing as failed; returns the run id, if any."""
+        try:
+            job = parse_job(body, base64_encoded=base64_encoded)
+        except InvalidJobError as exc:
+            logger.error("poison message is not a job (%s); dropped: %.200r", exc, body)
+            return None
+        reason = (f"job for node {job.node_id!r} kept failing and was moved to the poison queue"
+                  + (f" after {dequeue_count} deliveries" if dequeue_count else ""))
+        status = await self.status_store.get(job.run_id)
+        if status is None:
+            logger.error("poison message for unknown run %s: %s", job.run_id, job.to_dict())
+            return None
+        await self.engine._fail_run(job.run_id, reason, errors=[{"nodeId": job.node_id, "message": reason,
+                                                                 "attempt": dequeue_count or 0}])
+        return job.run_id
+
+    # ------------------------------------------------------------------ standalone worker
+    async def start(self) -> None:
+        """Start polling the queue in the background (see WorkerOptions)."""
+        if self._poller is None or self._poller.done():
+            self._stopping.clear()
+            self._poller = asyncio.create_task(self._poll_loop(), name="flowcraft-poller")
+
+    async def stop(self, timeout: float = 60.0) -> None:
+        """Stop polling and wait for in-flight jobs to finish (unfinished ones return to the queue)."""
+        self._stopping.set()
+        if self._poller is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self._in_flight:
+            _, pending = await asyncio.wait(set(self._in_flight), timeout=timeout)
+            for task in pending:
+                task.cancel()
+
+    async def run_forever(self) -> None:
+        """Poll until stop() is called."""
+        await self.start()
+        await self._stopping.wait()
+        await self.stop()
+
+    async def _poll_loop(self) -> None:
+        opts = self.worker_options
+        idle_delay = 0.1
+        while not self._stopping.is_set():
+            free = opts.concurrency - len(self._in_flight)
+            if free <= 0:
+                await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                messages = []
+                batch = min(32, free)
+                pages = self.queue_client.receive_messages(messages_per_page=batch, max_messages=batch,
+                                                           visibility_timeout=opts.visibility_timeout)
+                async for msg in pages:
+                    messages.append(msg)
+            except Exception as exc:  # the queue being unreachable must not kill the worker
+                logger.warning("receiving from the job queue failed (%s); retrying in %.1fs", exc, idle_delay)
+                await self._sleep(idle_delay)
+                idle_delay = min(opts.max_poll_interval, idle_delay * 2)
+                continue
+            if not messages:
+                await self._sleep(idle_delay)
+                idle_delay = min(opts.max_poll_interval, idle_delay * 2)
+                continue
+            idle_delay = 0.1
+            for msg in messages:
+                task = asyncio.create_task(self._process(msg))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _process(self, msg: Any) -> None:
+        opts = self.worker_options
+        started = time.monotonic()
+        try:
+            job = parse_job(msg.content, base64_encoded=True)
+        except InvalidJobError as exc:
+            logger.error("message %s is not a Flowcraft job (%s); moving it to the poison queue", msg.id, exc)
+            await self._to_poison(msg)
+            return
+        if msg.dequeue_count > opts.max_dequeue_count:
+            logger.error("job %s was delivered %d times; moving it to the poison queue", job.to_dict(),
+                         msg.dequeue_count)
+            try:
+                await self.fail_poisoned(msg.content, base64_encoded=True, dequeue_count=msg.dequeue_count)
+            except Exception:
+                logger.exception("could not mark the run of poisoned job %s failed", job.to_dict())
+                return
+            await self._to_poison(msg)
+            return
+        job.attempt = max(job.attempt, msg.dequeue_count)
+        keeper = asyncio.create_task(self._keep_alive(msg, job))
+        try:
+            outcome = await self.handle_job(job)
+        except InvalidJobError as exc:
+            keeper.cancel()
+            logger.error("job %s rejected: %s; moving it to the poison queue", job.to_dict(), exc)
+            await self._to_poison(msg)
+            return
+        except Exception:
+            # Leave the message: it becomes visible again after the timeout and is retried; after
+            # max_dequeue_count deliveries it goes to the poison queue and its run is failed.
+            logger.exception("job %s failed on delivery %d; it will be retried", job.to_dict(),
+                             msg.dequeue_count)
+            return
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        await self._delete(msg)
+        logger.debug("job %s of run %s: %s in %.3fs", job.key, job.run_id, outcome.status,
+                     time.monotonic() - started)
+
+    async def _keep_alive(self, msg: Any, job: Job) -> None:
+        # A long node must not reappear on the queue while it runs, and its run must not look stalled
+        # to the reconciler: extend the message's invisibility and refresh the run's lastUpdated. The
+        # refreshed status also tells us if the run was cancelled meanwhile.
+        vt = self.worker_options.visibility_timeout
+        while True:
+            await asyncio.sleep(max(1.0, vt / 2))
+            try:
+                receipt = await self.queue_client.update_message(msg, visibility_timeout=vt)
+                msg.pop_receipt = receipt.pop_receipt
+            except Exception as exc:
+                logger.warning("could not extend visibility of message %s: %s", msg.id, exc)
+            try:
+                await self.status_store.touch(job.run_id)
+                status = await self.status_store.get(job.run_id)
+                if status is not None and status.get("status") in ("cancelled", "failed"):
+                    self.engine.signal_run(job.run_id, str(status.get("reason") or status["status"]))
+            except Exception as exc:
+                logger.warning("could not refresh run %s: %s", job.run_id, exc)
+
+    async def _delete(self, msg: Any) -> None:
+        try:
+            await self.queue_client.delete_message(msg)
+        except Exception as exc:  # the job is idempotent: a redelivery replays it harmlessly
+            logger.warning("could not delete message %s (%s); a redelivery will replay it", msg.id, exc)
+
+    async def _to_poison(self, msg: Any) -> None:
+        if self.poison_queue_client is not None:
+            try:
+                await self.poison_queue_client.send_message(msg.content)
+            except Exception as exc:
+                logger.error("could not move message %s to the poison queue: %s", msg.id, exc)
+                return
+        await self._delete(msg)

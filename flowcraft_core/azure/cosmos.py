@@ -1,0 +1,389 @@
+"""Run state and run status in Cosmos DB.
+
+Layout of the contexts container (partition key ``/runId``; every item of a run in one partition):
+
+- ``header``: blueprint id and version, creation time, the initial context;
+- ``rec.<hash>``: one item per node execution, written once (create; a 409 means another delivery
+  already wrote it), holding the node's output, its context changes and its routing decision;
+- ``rec.<hash>.<n>``: chunks of a record whose JSON exceeds one item (Cosmos items stop at 2 MB);
+- ``cancelled`` / ``failed``: control markers that stop the run's other jobs.
+
+A job loads the whole run with one single-partition query and folds the records into the context, so a
+node costs one read and one write however many keys it touches, and concurrent branches never
+overwrite each other (each writes its own item). Flowcraft's adapter kept the context in one item that
+every branch read-modified-wrote without ETags, losing keys under concurrency and dying at 2 MB.
+
+The statuses container holds ``{id: runId, runId, blueprintId, status, createdAt, lastUpdated,
+result?, reason?, awaiting?}``: the item the seed's client polls and the reconciler queries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from azure.core import MatchConditions
+from azure.cosmos.aio import ContainerProxy, CosmosClient
+from azure.cosmos.exceptions import (
+    CosmosAccessConditionFailedError,
+    CosmosResourceExistsError,
+    CosmosResourceNotFoundError,
+)
+
+from ..errors import RunStateError
+from ..protocols import FINAL_STATUSES, NodeRecord, RunHeader, RunState, RunStatus, fold_context
+
+logger = logging.getLogger("flowcraft.cosmos")
+
+HEADER_ID = "header"
+# The runId filter is redundant with partition_key for Cosmos DB, but the local stand-in requires it.
+_RUN_QUERY = "SELECT * FROM c WHERE c.runId = @runId"
+# Leaves room under the 2 MB item limit for the envelope and Cosmos's own properties.
+MAX_ITEM_PAYLOAD = 1_500_000
+
+
+class RequestCounter:
+    """Counts requests per operation kind; benchmarks and budget tests read it."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, kind: str, n: int = 1) -> None:
+        """Count n requests of a kind."""
+        self.counts[kind] = self.counts.get(kind, 0) + n
+
+    @property
+    def total(self) -> int:
+        """All requests counted."""
+        return sum(self.counts.values())
+
+    def reset(self) -> None:
+        """Start counting from zero."""
+        self.counts.clear()
+
+
+def record_item_id(key: str) -> str:
+    """A Cosmos-safe item id for an execution key (node ids may hold / # ? and be long)."""
+    return "rec." + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _container(client: CosmosClient, database: str, container: str) -> ContainerProxy:
+    return client.get_database_client(database).get_container_client(container)
+
+
+class CosmosRunStore:
+    """RunStore over the contexts container."""
+
+    def __init__(self, container: ContainerProxy, counter: RequestCounter | None = None) -> None:
+        self.container = container
+        self.counter = counter or RequestCounter()
+
+    @classmethod
+    def from_client(cls, client: CosmosClient, database: str, container: str,
+                    counter: RequestCounter | None = None) -> CosmosRunStore:
+        """Build from a client and names."""
+        return cls(_container(client, database, container), counter)
+
+    async def create_run(self, header: RunHeader) -> None:
+        """Create the run's header item; RunStateError when the run id is taken."""
+        body = {"id": HEADER_ID, "runId": header.run_id, "kind": "header", "blueprintId": header.blueprint_id,
+                "blueprintVersion": header.blueprint_version, "createdAt": header.created_at,
+                "initialContext": header.initial_context}
+        self.counter.add("create")
+        try:
+            await self.container.create_item(body)
+        except CosmosResourceExistsError:
+            raise RunStateError(f"run {header.run_id!r} already exists") from None
+
+    async def load(self, run_id: str) -> RunState | None:
+        """Read every item of the run (one single-partition query) and fold the context."""
+        header: dict[str, Any] | None = None
+        records: list[NodeRecord] = []
+        chunks: dict[str, dict[int, str]] = {}
+        pending_chunked: list[dict[str, Any]] = []
+        cancelled: str | None = None
+        failed: dict[str, Any] | None = None
+        self.counter.add("query")
+        pages = self.container.query_items(_RUN_QUERY, parameters=[{"name": "@runId", "value": run_id}],
+                                           partition_key=run_id).by_page()
+        first = True
+        async for page in pages:
+            if not first:
+                self.counter.add("query")
+            first = False
+            async for item in page:
+                kind = item.get("kind")
+                if kind == "record":
+                    if item.get("chunks"):
+                        pending_chunked.append(item)
+                    else:
+                        records.append(NodeRecord.from_dict(item["record"]))
+                elif kind == "chunk":
+                    chunks.setdefault(item["parent"], {})[int(item["index"])] = item["data"]
+                elif kind == "header":
+                    header = item
+                elif kind == "marker":
+                    if item["id"] == "cancelled":
+                        cancelled = str(item.get("reason", "cancelled"))
+                    elif item["id"] == "failed":
+                        failed = {"reason": item.get("reason"), "errors": item.get("errors", [])}
+        if header is None:
+            return None
+        for item in pending_chunked:
+            parts = chunks.get(item["id"], {})
+            if len(parts) != item["chunks"]:
+                # Chunks are written before their record item, so this means a torn read of an
+                # in-flight commit; the record is treated as not yet committed.
+                logger.warning("run %s: record %s has %d of %d chunks", run_id, item["id"], len(parts),
+                               item["chunks"])
+                continue
+            data = "".join(parts[i] for i in range(item["chunks"]))
+            records.append(NodeRecord.from_dict(json.loads(data)))
+        run_header = RunHeader(run_id=run_id, blueprint_id=header["blueprintId"],
+                               blueprint_version=header["blueprintVersion"], created_at=header["createdAt"],
+                               initial_context=header.get("initialContext") or {})
+        by_key: dict[str, NodeRecord] = {}
+        for rec in records:
+            by_key[rec.key] = rec
+        context = fold_context(run_header.initial_context, list(by_key.values()))
+        return RunState(header=run_header, context=context, records=by_key, cancelled=cancelled, failed=failed)
+
+    def _items_for(self, run_id: str, record: NodeRecord) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        item_id = record_item_id(record.key)
+        payload = record.to_dict()
+        data = json.dumps(payload, separators=(",", ":"))
+        base = {"id": item_id, "runId": run_id, "kind": "record", "key": record.key, "nodeId": record.node_id,
+                "status": record.status}
+        if len(data) <= MAX_ITEM_PAYLOAD:
+            return {**base, "record": payload}, []
+        parts = [data[i:i + MAX_ITEM_PAYLOAD] for i in range(0, len(data), MAX_ITEM_PAYLOAD)]
+        chunk_items = [{"id": f"{item_id}.{i}", "runId": run_id, "kind": "chunk", "parent": item_id, "index": i,
+                        "data": part} for i, part in enumerate(parts)]
+        return {**base, "chunks": len(parts)}, chunk_items
+
+    async def commit(self, run_id: str, record: NodeRecord) -> tuple[NodeRecord, bool]:
+        """Create the record's item (after its chunks, if any); on conflict return the stored one."""
+        record.seq = time.time_ns()
+        item, chunk_items = self._items_for(run_id, record)
+        for chunk in chunk_items:
+            self.counter.add("upsert")
+            await self.container.upsert_item(chunk)
+        self.counter.add("create")
+        try:
+            await self.container.create_item(item)
+            return record, True
+        except CosmosResourceExistsError:
+            stored = await self._read_record(run_id, record.key)
+            if stored is None:  # pragma: no cover - a conflict on an item that then vanished
+                raise
+            return stored, False
+
+    async def _read_record(self, run_id: str, key: str) -> NodeRecord | None:
+        item_id = record_item_id(key)
+        self.counter.add("read")
+        try:
+            item = await self.container.read_item(item_id, partition_key=run_id)
+        except CosmosResourceNotFoundError:
+            return None
+        if item.get("chunks"):
+            parts = []
+            for i in range(int(item["chunks"])):
+                self.counter.add("read")
+                chunk = await self.container.read_item(f"{item_id}.{i}", partition_key=run_id)
+                parts.append(chunk["data"])
+            return NodeRecord.from_dict(json.loads("".join(parts)))
+        return NodeRecord.from_dict(item["record"])
+
+    async def replace(self, run_id: str, record: NodeRecord, *, expected_status: str) -> bool:
+        """Overwrite a record guarded by its ETag while its status is expected_status."""
+        item_id = record_item_id(record.key)
+        self.counter.add("read")
+        try:
+            current = await self.container.read_item(item_id, partition_key=run_id)
+        except CosmosResourceNotFoundError:
+            return False
+        if current.get("status") != expected_status:
+            return False
+        record.seq = time.time_ns()
+        item, chunk_items = self._items_for(run_id, record)
+        for chunk in chunk_items:
+            self.counter.add("upsert")
+            await self.container.upsert_item(chunk)
+        self.counter.add("replace")
+        try:
+            await self.container.replace_item(item_id, item, etag=current["_etag"],
+                                              match_condition=MatchConditions.IfNotModified)
+        except CosmosAccessConditionFailedError:
+            return False
+        return True
+
+    async def mark(self, run_id: str, marker: Literal["cancelled", "failed"], data: dict[str, Any]) -> None:
+        """Write a control marker item (idempotent upsert)."""
+        self.counter.add("upsert")
+        await self.container.upsert_item({"id": marker, "runId": run_id, "kind": "marker", **data})
+
+    async def delete_run(self, run_id: str) -> int:
+        """Delete every item of a run (housekeeping); returns how many."""
+        n = 0
+        async for item in self.container.query_items("SELECT c.id FROM c WHERE c.runId = @runId",
+                                                     parameters=[{"name": "@runId", "value": run_id}],
+                                                     partition_key=run_id):
+            await self.container.delete_item(item["id"], partition_key=run_id)
+            n += 1
+        return n
+
+
+class CosmosStatusStore:
+    """StatusStore over the statuses container: one item per run, id = runId."""
+
+    def __init__(self, container: ContainerProxy, counter: RequestCounter | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.container = container
+        self.counter = counter or RequestCounter()
+        self.clock = clock
+
+    @classmethod
+    def from_client(cls, client: CosmosClient, database: str, container: str,
+                    counter: RequestCounter | None = None) -> CosmosStatusStore:
+        """Build from a client and names."""
+        return cls(_container(client, database, container), counter)
+
+    async def create(self, run_id: str, blueprint_id: str, created_at: float) -> None:
+        """Create the running status item; RunStateError when it exists."""
+        self.counter.add("create")
+        try:
+            await self.container.create_item({"id": run_id, "runId": run_id, "blueprintId": blueprint_id,
+                                              "status": "running", "createdAt": created_at,
+                                              "lastUpdated": created_at})
+        except CosmosResourceExistsError:
+            raise RunStateError(f"run {run_id!r} already exists") from None
+
+    async def get(self, run_id: str) -> dict[str, Any] | None:
+        """Point-read the status item."""
+        self.counter.add("read")
+        try:
+            item: dict[str, Any] = await self.container.read_item(run_id, partition_key=run_id)
+        except CosmosResourceNotFoundError:
+            return None
+        return item
+
+    async def touch(self, run_id: str) -> None:
+        """Patch lastUpdated only (a partial update, not a rewrite of the item)."""
+        self.counter.add("patch")
+        try:
+            await self.container.patch_item(run_id, partition_key=run_id, patch_operations=[
+                {"op": "set", "path": "/lastUpdated", "value": self.clock()}])
+        except CosmosResourceNotFoundError:
+            logger.warning("touch: run %s has no status item", run_id)
+
+    async def _conditional_update(self, run_id: str, change: Callable[[dict[str, Any]], bool]) -> bool:
+        # Read, change, replace with If-Match; another writer in between makes us read again.
+        for _ in range(10):
+            item = await self.get(run_id)
+            if item is None:
+                return False
+            if not change(item):
+                return False
+            self.counter.add("replace")
+            try:
+                await self.container.replace_item(run_id, _strip_system(item), etag=item["_etag"],
+                                                  match_condition=MatchConditions.IfNotModified)
+                return True
+            except CosmosAccessConditionFailedError:
+                continue
+        raise RunStateError(f"status item of run {run_id!r} kept changing under us")
+
+    async def set_status(self, run_id: str, status: RunStatus, *, reason: str | None = None,
+                         extra: dict[str, Any] | None = None) -> bool:
+        """Set running/awaiting unless the run is final."""
+        def change(item: dict[str, Any]) -> bool:
+            if item["status"] in FINAL_STATUSES:
+                return False
+            item.update({"status": status, "lastUpdated": self.clock(), **(extra or {})})
+            if reason is not None:
+                item["reason"] = reason
+            return True
+
+        return await self._conditional_update(run_id, change)
+
+    async def finalize(self, run_id: str, status: RunStatus, *, result: dict[str, Any] | None = None,
+                       reason: str | None = None) -> bool:
+        """Write the final status once, guarded by the item's ETag."""
+        def change(item: dict[str, Any]) -> bool:
+            if item["status"] in FINAL_STATUSES:
+                return False
+            item.update({"status": status, "lastUpdated": self.clock()})
+            item.pop("awaiting", None)
+            if result is not None:
+                item["result"] = result
+            if reason is not None:
+                item["reason"] = reason
+            return True
+
+        return await self._conditional_update(run_id, change)
+
+    async def list_stalled(self, older_than: float, limit: int = 100) -> list[str]:
+        """Running runs whose lastUpdated is older than the given epoch seconds (cross-partition query)."""
+        self.counter.add("query")
+        query = ("SELECT c.id FROM c WHERE c.status = 'running' AND c.lastUpdated < @threshold")
+        ids: list[str] = []
+        async for item in self.container.query_items(query, parameters=[
+                {"name": "@threshold", "value": older_than}]):
+            ids.append(item["id"])
+            if len(ids) >= limit:
+                break
+        return ids
+
+
+def _strip_system(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if not k.startswith("_")}
+
+
+class CosmosDbContext:
+    """Flowcraft's context interface over a run stored in Cosmos DB (read/write outside a node).
+
+    Writes go through the same record mechanism as nodes (one item per write), so they never race
+    with running branches.
+    """
+
+    def __init__(self, run_id: str, *, cosmos_client: CosmosClient, database_name: str = "flowcraftDb",
+                 container_name: str = "contexts") -> None:
+        self.run_id = run_id
+        self.store = CosmosRunStore.from_client(cosmos_client, database_name, container_name)
+
+    async def to_dict(self) -> dict[str, Any]:
+        """The run's whole context."""
+        state = await self.store.load(self.run_id)
+        if state is None:
+            raise RunStateError(f"run {self.run_id!r} does not exist")
+        return state.context
+
+    to_json = to_dict
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """Read a key."""
+        return (await self.to_dict()).get(key, default)
+
+    async def has(self, key: str) -> bool:
+        """True when the key is present."""
+        return key in await self.to_dict()
+
+    async def set(self, key: str, value: Any) -> None:
+        """Write a key as an external change record."""
+        await self._write({key: value}, [])
+
+    async def delete(self, key: str) -> None:
+        """Remove a key."""
+        await self._write({}, [key])
+
+    async def _write(self, changes: dict[str, Any], deletes: list[str]) -> None:
+        import uuid
+
+        # External writes are change records of no node: they fold into the context and never route.
+        record = NodeRecord(node_id=f"__external__.{uuid.uuid4().hex}", status="external", changes=changes,
+                            deletes=deletes)
+        await self.store.commit(self.run_id, record)

@@ -1,0 +1,93 @@
+"""Jobs on an Azure Storage Queue: base64 JSON with ids only, as the Functions host expects."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from typing import Any
+
+from azure.storage.queue.aio import QueueClient
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..engine import RUN_ID_PATTERN
+from ..errors import InvalidJobError
+from ..protocols import Job
+
+# Storage Queues accept visibility timeouts up to 7 days; a longer sleep is re-enqueued on wake-up.
+MAX_DELAY_SECONDS = 7 * 24 * 3600 - 60
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+class JobMessage(BaseModel):
+    """The queue message body of a job; anything else on the queue is not ours."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    run_id: str = Field(alias="runId", min_length=1, max_length=1024)
+    blueprint_id: str = Field(alias="blueprintId", min_length=1, max_length=256)
+    node_id: str = Field(alias="nodeId", min_length=1, max_length=512)
+    iteration: int = Field(default=0, ge=0, le=10_000_000)
+    attempt: int = Field(default=1, ge=1, le=1000)
+    via: str | None = Field(default=None, max_length=512)
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_safe(cls, value: str) -> str:
+        # Child runs of subflows never reach the queue, so every queued run id is a user-facing one.
+        if not RUN_ID_PATTERN.match(value):
+            raise ValueError("not a valid run id")
+        return value
+
+    def to_job(self) -> Job:
+        """The engine's job."""
+        return Job(self.run_id, self.blueprint_id, self.node_id, self.iteration, self.attempt, self.via)
+
+
+def encode_job(job: Job) -> str:
+    """The message text: base64 of compact JSON (the Functions host's default messageEncoding)."""
+    raw = json.dumps(job.to_dict(), separators=(",", ":")).encode()
+    return base64.b64encode(raw).decode()
+
+
+def parse_job(body: bytes | str, *, base64_encoded: bool = False) -> Job:
+    """Turn a message body into a Job, or raise InvalidJobError saying exactly what is wrong."""
+    if isinstance(body, str):
+        body = body.encode("utf-8", errors="replace")
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise InvalidJobError(f"message of {len(body)} bytes is larger than any job ({MAX_MESSAGE_BYTES})")
+    if base64_encoded:
+        try:
+            body = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidJobError("message is not base64 (the queue's messageEncoding is base64)") from None
+    try:
+        data: Any = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidJobError(f"message is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidJobError(f"message is JSON {type(data).__name__}, not a job object")
+    try:
+        return JobMessage.model_validate(data).to_job()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors())
+        raise InvalidJobError(f"message is not a Flowcraft job: {problems}") from None
+
+
+class AzureJobQueue:
+    """JobQueue over a QueueClient created WITHOUT message encode policies (we encode ourselves).
+
+    Encoding here rather than in the client lets the worker receive raw text and report a message
+    that is not base64 as a bad message, instead of failing the whole receive call.
+    """
+
+    def __init__(self, queue_client: QueueClient) -> None:
+        self.client = queue_client
+        self.sent = 0
+
+    async def enqueue(self, job: Job, *, delay_seconds: float = 0) -> None:
+        """Send the job, visible after delay_seconds (rounded up to whole seconds)."""
+        delay = min(MAX_DELAY_SECONDS, max(0, math.ceil(delay_seconds)))
+        self.sent += 1
+        await self.client.send_message(encode_job(job), visibility_timeout=delay or None)

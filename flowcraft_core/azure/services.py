@@ -1,0 +1,90 @@
+"""Builds the Azure clients, stores and adapter from Settings, once per process."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from azure.cosmos.aio import CosmosClient
+from azure.storage.queue.aio import QueueClient
+from redis.asyncio import Redis
+
+from ..settings import Settings, load_workflows
+from .adapter import AzureQueueAdapter, RuntimeOptions, WorkerOptions
+from .clients import ensure_cosmos_containers, make_cosmos_client, make_redis
+from .reconciler import AzureReconciler, create_azure_reconciler
+from .redis_store import RedisCoordinationStore
+
+logger = logging.getLogger("flowcraft.azure")
+
+
+def plain_queue_client(connection_string: str, queue_name: str) -> QueueClient:
+    """A queue client without message policies: the adapter encodes and decodes base64 itself."""
+    return QueueClient.from_connection_string(connection_string, queue_name)
+
+
+@dataclass
+class AzureServices:
+    """Everything a worker process needs, built from settings."""
+
+    settings: Settings
+    queue_client: QueueClient
+    poison_queue_client: QueueClient
+    cosmos_client: CosmosClient
+    redis: Redis
+    adapter: AzureQueueAdapter
+    reconciler: AzureReconciler
+
+    async def close(self) -> None:
+        """Close every client."""
+        for closer in (self.queue_client.close, self.poison_queue_client.close, self.cosmos_client.close,
+                       self.redis.aclose):
+            try:
+                await closer()
+            except Exception as exc:  # closing is best effort at shutdown
+                logger.debug("closing a client failed: %s", exc)
+
+
+async def ensure_resources(settings: Settings, services: AzureServices) -> None:
+    """Create the queues, database and containers if missing (local development and tests)."""
+    from azure.core.exceptions import ResourceExistsError
+
+    for client in (services.queue_client, services.poison_queue_client):
+        with contextlib.suppress(ResourceExistsError):
+            await client.create_queue()
+    await ensure_cosmos_containers(services.cosmos_client, settings.cosmos_database,
+                                   [settings.cosmos_context_container, settings.cosmos_status_container])
+
+
+async def build_services(settings: Settings, *, registry: Mapping[str, Any] | None = None,
+                         blueprints: Mapping[str, Any] | None = None,
+                         runtime_options: RuntimeOptions | None = None,
+                         create_resources: bool | None = None) -> AzureServices:
+    """Create clients and the adapter; registry and blueprints default to FLOWCRAFT_WORKFLOWS."""
+    settings.require("AzureWebJobsStorage", "COSMOS_DB_CONNECTION_STRING", "REDIS_URL")
+    if registry is None or blueprints is None:
+        registry, blueprints = load_workflows(settings.workflows_module)
+    options = runtime_options or RuntimeOptions()
+    options.registry = registry
+    options.blueprints = blueprints
+    queue_client = plain_queue_client(settings.storage_connection_string, settings.queue_name)
+    poison = plain_queue_client(settings.storage_connection_string, settings.poison_queue_name)
+    cosmos = make_cosmos_client(settings.cosmos_connection_string, verify_tls=settings.cosmos_verify_tls)
+    redis = make_redis(settings.redis_url)
+    adapter = AzureQueueAdapter(
+        queue_client=queue_client, cosmos_client=cosmos, coordination_store=RedisCoordinationStore(redis),
+        cosmos_database_name=settings.cosmos_database, context_container_name=settings.cosmos_context_container,
+        status_container_name=settings.cosmos_status_container, runtime_options=options,
+        worker_options=WorkerOptions(concurrency=settings.worker_concurrency,
+                                     visibility_timeout=settings.visibility_timeout),
+        poison_queue_client=poison,
+    )
+    reconciler = create_azure_reconciler(adapter=adapter,
+                                         stalled_threshold_seconds=settings.stalled_threshold_seconds)
+    services = AzureServices(settings, queue_client, poison, cosmos, redis, adapter, reconciler)
+    if settings.create_resources if create_resources is None else create_resources:
+        await ensure_resources(settings, services)
+    return services
