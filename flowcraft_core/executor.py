@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -158,7 +159,9 @@ class NodeExecutor:
                     await self.events.emit({"type": "node:retry", "payload": {
                         "runId": ctx.run_id, "nodeId": node.id, "attempt": attempt, "error": _describe(exc)}})
                     if config.retry_delay:
-                        await asyncio.sleep(config.retry_delay / 1000)
+                        # Wait out the delay, but wake up at once when the run is cancelled.
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(ctx.signal.wait(), config.retry_delay / 1000)
         assert last is not None
         raise _Failed(last, instance)
 

@@ -224,6 +224,8 @@ class InMemoryJobQueue:
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self._delayed: set[asyncio.Task[None]] = set()
         self.sent = 0
+        # Set once the run ended, so that whoever waits for jobs stops waiting for delayed ones.
+        self.stopped = asyncio.Event()
 
     async def enqueue(self, job: Job, *, delay_seconds: float = 0) -> None:
         """Put a job on the queue, now or after a delay."""
@@ -246,6 +248,7 @@ class InMemoryJobQueue:
         return self.queue.empty() and not self._delayed
 
     def close(self) -> None:
-        """Cancel delayed deliveries."""
+        """Cancel delayed deliveries and wake whoever waits on ``stopped``."""
         for task in list(self._delayed):
             task.cancel()
+        self.stopped.set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,7 @@ from .events import EventBus, Middleware
 from .expressions import Evaluator
 from .memory import InMemoryCoordinationStore, InMemoryJobQueue, InMemoryRunStore, InMemoryStatusStore
 from .models import WorkflowBlueprint
-from .protocols import FINAL_STATUSES, Job
+from .protocols import FINAL_STATUSES, Job, RunStatus
 
 logger = logging.getLogger("flowcraft.runtime")
 
@@ -58,6 +58,22 @@ class _PerRunQueue:
         await self.for_run(job.run_id).enqueue(job, delay_seconds=delay_seconds)
 
 
+class _RuntimeStatusStore(InMemoryStatusStore):
+    """The in-memory status store, telling the runtime when a run reached its final status."""
+
+    def __init__(self, on_final: Callable[[str], None]) -> None:
+        super().__init__()
+        self._on_final = on_final
+
+    async def finalize(self, run_id: str, status: RunStatus, *, result: dict[str, Any] | None = None,
+                       reason: str | None = None) -> bool:
+        """Write the final status once, then stop the run's delayed jobs (a pending sleep)."""
+        done = await super().finalize(run_id, status, result=result, reason=reason)
+        if done:
+            self._on_final(run_id)
+        return done
+
+
 class FlowRuntime:
     """Runs blueprints in this process, branches concurrently on asyncio; no Azure involved."""
 
@@ -76,11 +92,18 @@ class FlowRuntime:
         self._queues = _PerRunQueue()
         self.engine = Engine(
             registry=registry or {}, blueprints=blueprints, run_store=InMemoryRunStore(),
-            status_store=InMemoryStatusStore(), coordination=InMemoryCoordinationStore(),
+            status_store=_RuntimeStatusStore(self._run_ended), coordination=InMemoryCoordinationStore(),
             queue=self._queues, evaluator=evaluator, event_bus=event_bus, middleware=middleware,
             dependencies=dependencies, options=options,
         )
         self.concurrency = max(1, concurrency)
+
+    def _run_ended(self, run_id: str) -> None:
+        # A cancelled or failed run may still have a sleeping branch: drop its delayed job and wake
+        # the driver, which would otherwise wait for it.
+        queue = self._queues.queues.get(run_id)
+        if queue is not None:
+            queue.close()
 
     @property
     def blueprints(self) -> dict[str, WorkflowBlueprint]:
@@ -139,6 +162,7 @@ class FlowRuntime:
         queue = self._queues.for_run(run_id)
         in_flight: set[asyncio.Task[None]] = set()
         getter: asyncio.Future[Job] | None = None
+        stop: asyncio.Future[Any] | None = None
         try:
             while True:
                 while not queue.queue.empty() and len(in_flight) < self.concurrency:
@@ -151,9 +175,12 @@ class FlowRuntime:
                         break
                 waiters: set[asyncio.Future[Any]] = set(in_flight)
                 getter = None
-                if len(in_flight) < self.concurrency:
+                if len(in_flight) < self.concurrency and not queue.stopped.is_set():
                     getter = asyncio.ensure_future(queue.queue.get())
                     waiters.add(getter)
+                    if stop is None:
+                        stop = asyncio.ensure_future(queue.stopped.wait())
+                    waiters.add(stop)
                 done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                 if getter is None:
                     continue
@@ -173,8 +200,9 @@ class FlowRuntime:
                 task.cancel()
             raise
         finally:
-            if getter is not None and not getter.done():
-                getter.cancel()
+            for future in (getter, stop):
+                if future is not None and not future.done():
+                    future.cancel()
             queue.close()
             self._queues.queues.pop(run_id, None)
 
