@@ -322,8 +322,8 @@ class Engine:
             if rec.status == "awaiting":
                 continue
             if rec.wake_at is not None and rec.wake_at > time.time():
-                job = Job(run_id, state.header.blueprint_id, rec.node_id, rec.iteration)
-                enqueued.append(await self._enqueue(job, delay_seconds=rec.wake_at - time.time()))
+                # Its delayed wake-up message is on the queue; once the wake time has passed without
+                # routing, the branch below routes it here instead.
                 continue
             enqueued.extend(await self._route(state, graph, node, rec, eager=True))
         await self.status_store.touch(run_id)
@@ -336,7 +336,15 @@ class Engine:
         signal = CancelSignal()
         self._signals.setdefault(job.run_id, set()).add(signal)
         try:
-            node_input = resolve_input(node, graph, view, via=job.via)
+            def arrived(pred: str) -> bool:
+                # Inside a loop a join sees the predecessors that ran in this iteration, not outputs
+                # left over from earlier ones; a predecessor outside the loop ran once, before it.
+                if not graph.same_cycle(pred, node.id):
+                    return True
+                rec = state.record(pred, job.iteration)
+                return rec is not None and rec.status == "completed"
+
+            node_input = resolve_input(node, graph, view, via=job.via, arrived=arrived)
             deps = {**self.dependencies, "runtime": self}
             ctx = NodeContext(context=view, input=node_input, params=copy.deepcopy(node.params),
                               dependencies=deps, run_id=job.run_id, node_id=node.id, signal=signal,

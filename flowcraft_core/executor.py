@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +30,12 @@ def _lookup(view: NodeContextView, key: str) -> Any:
 
 
 def resolve_input(node: NodeDefinition, graph: CompiledGraph | None, view: NodeContextView,
-                  via: str | None = None) -> Any:
-    """The value a node receives as ``ctx.input``."""
+                  via: str | None = None, *, arrived: Callable[[str], bool] | None = None) -> Any:
+    """The value a node receives as ``ctx.input``.
+
+    ``arrived(pred)`` tells whether a predecessor of a join ran for this execution; without it every
+    predecessor with a stored output counts (in a loop, an output of an earlier iteration would).
+    """
     if isinstance(node.inputs, str):
         return _lookup(view, node.inputs)
     if isinstance(node.inputs, Mapping):
@@ -46,7 +50,8 @@ def resolve_input(node: NodeDefinition, graph: CompiledGraph | None, view: NodeC
         return view.get_sync(output_key(preds[0]))
     if len(preds) > 1:
         # A join without explicit inputs sees every predecessor that produced an output.
-        return {p: view.get_sync(output_key(p)) for p in preds if view.has_sync(output_key(p))}
+        return {p: view.get_sync(output_key(p)) for p in preds
+                if view.has_sync(output_key(p)) and (arrived is None or arrived(p))}
     return None
 
 
@@ -110,7 +115,10 @@ class NodeExecutor:
         except _Failed as failed:
             fallback = await self._fallback(node, impl, ctx, failed, payload)
             if fallback is None:
-                err = NodeExecutionError(node.id, _describe(failed.error), attempts_box[0])
+                message = _describe(failed.error)
+                if failed.fallback_error is not None:
+                    message += f" (and its fallback failed: {failed.fallback_error})"
+                err = NodeExecutionError(node.id, message, attempts_box[0])
                 await self.events.emit({"type": "node:error", "payload": {**payload, **err.to_dict()}})
                 return ExecutionOutcome(None, err, attempts_box[0])
             result, used_fallback = fallback, True
@@ -196,16 +204,21 @@ class NodeExecutor:
                 if is_node_class(fb):
                     inst = fb(node.params, node.id)
                     raw = await inst.exec(await inst.prep(ctx), ctx)
-                    return NodeResult.coerce(await inst.post(raw, ctx))
-                return NodeResult.coerce(await call_maybe_async(fb, ctx))
-            # A class node's own fallback runs on the instance prep and exec used (as in Flowcraft), so
-            # it can rely on what prep stored on self.
-            inst = failed.instance if failed.instance is not None else impl(node.params, node.id)
-            return NodeResult.coerce(await inst.post(await inst.fallback(error, ctx), ctx))
+                    result = NodeResult.coerce(await inst.post(raw, ctx))
+                else:
+                    result = NodeResult.coerce(await call_maybe_async(fb, ctx))
+            else:
+                # A class node's own fallback runs on the instance prep and exec used (as in
+                # Flowcraft), so it can rely on what prep stored on self.
+                inst = failed.instance if failed.instance is not None else impl(node.params, node.id)
+                result = NodeResult.coerce(await inst.post(await inst.fallback(error, ctx), ctx))
+            if result.error:
+                raise RuntimeError(result.error)
+            return result
         except Exception as exc:
+            # Reported once, with the node's own error, by the caller's node:error event.
             ctx.context.discard_changes()
-            await self.events.emit({"type": "node:error", "payload": {
-                **payload, "error": f"fallback failed: {_describe(exc)}"}})
+            failed.fallback_error = _describe(exc)
             return None
 
 
@@ -214,6 +227,7 @@ class _Failed(Exception):
         super().__init__(str(error))
         self.error = error
         self.instance = instance
+        self.fallback_error: str | None = None
 
 
 def _json_problem(result: NodeResult) -> str | None:

@@ -154,11 +154,14 @@ STORAGE_CONNECTION_STRING=$(az storage account show-connection-string \
   --name "$STORAGE_ACCOUNT" --resource-group "$RESOURCE_GROUP" --query connectionString --output tsv)
 
 log "Queues $QUEUE_NAME and $POISON_QUEUE_NAME, queue logging"
+# Data-plane commands read the connection string from the environment, keeping the key off the
+# command line (and out of the process list).
 for queue in "$QUEUE_NAME" "$POISON_QUEUE_NAME"; do
-  az storage queue create --name "$queue" --connection-string "$STORAGE_CONNECTION_STRING" --output none
+  AZURE_STORAGE_CONNECTION_STRING=$STORAGE_CONNECTION_STRING \
+    az storage queue create --name "$queue" --output none
 done
-az storage logging update --services q --log rwd --retention 7 \
-  --connection-string "$STORAGE_CONNECTION_STRING" --output none
+AZURE_STORAGE_CONNECTION_STRING=$STORAGE_CONNECTION_STRING \
+  az storage logging update --services q --log rwd --retention 7 --output none
 
 # ---------------------------------------------------------------------------------------------------------
 # Log Analytics + Application Insights (monitoring.tf)
@@ -218,8 +221,8 @@ fi
 
 COSMOS_TTL=()
 [[ -n $COSMOS_DEFAULT_TTL ]] && COSMOS_TTL=(--ttl "$COSMOS_DEFAULT_TTL")
-# contexts: point reads and writes only, so only the partition key is indexed; statuses: everything but
-# the final result, for the reconciler's query on status and lastUpdated.
+# contexts: read by id or by runId inside the run's partition, so only runId is indexed; statuses:
+# everything but the final result, for the reconciler's query on status and lastUpdated.
 CONTEXT_INDEXING='{"indexingMode":"consistent","includedPaths":[{"path":"/runId/?"}],"excludedPaths":[{"path":"/*"}]}'
 STATUS_INDEXING='{"indexingMode":"consistent","includedPaths":[{"path":"/*"}],"excludedPaths":[{"path":"/result/*"}]}'
 for spec in "$CONTEXT_CONTAINER|$CONTEXT_INDEXING" "$STATUS_CONTAINER|$STATUS_INDEXING"; do

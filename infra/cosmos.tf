@@ -65,9 +65,11 @@ resource "azurerm_cosmosdb_sql_database" "main" {
   }
 }
 
-# One item per run: {"id": runId, "runId", "context": {...}}. It is only ever read and written by id and
-# partition key, never queried by its contents, so nothing but the partition key is indexed: every write
-# of a growing context then costs the same few RUs instead of paying to index each of its fields.
+# The items of a run, all in the run's partition: a header, one write-once record per node execution
+# (plus chunks of records too big for one item) and cancel/fail markers (flowcraft_core/azure/cosmos.py).
+# They are read by id or by the single-partition query `WHERE c.runId = @runId`, never filtered on
+# their contents, so only runId is indexed: a record then costs the same few RUs to write however many
+# fields its output has, instead of paying to index each of them.
 resource "azurerm_cosmosdb_sql_container" "contexts" {
   name                  = var.cosmos_context_container_name
   resource_group_name   = azurerm_cosmosdb_account.main.resource_group_name
@@ -91,9 +93,10 @@ resource "azurerm_cosmosdb_sql_container" "contexts" {
   }
 }
 
-# One item per run: {"id": runId, "runId", "status", "lastUpdated", "result"?, "reason"?}. The reconciler
-# queries status = 'running' AND lastUpdated < threshold across partitions, so the top-level fields stay
-# indexed; the final result (a whole run context) is excluded because nothing filters on it.
+# One item per run: {"id": runId, "runId", "blueprintId", "status", "createdAt", "lastUpdated", "result"?,
+# "reason"?}. The reconciler queries status = 'running' AND lastUpdated < threshold across partitions,
+# so the top-level fields stay indexed; the final result (a whole run context) is excluded because
+# nothing filters on it.
 resource "azurerm_cosmosdb_sql_container" "statuses" {
   name                  = var.cosmos_status_container_name
   resource_group_name   = azurerm_cosmosdb_account.main.resource_group_name

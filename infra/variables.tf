@@ -114,7 +114,7 @@ variable "cosmos_free_tier" {
 }
 
 variable "cosmos_default_ttl_seconds" {
-  description = "Default time-to-live of context and status items, in seconds. null (the default) leaves TTL off: runs are kept until deleted. -1 turns TTL on without expiring anything unless an item sets its own ttl."
+  description = "Default time-to-live of context and status items, in seconds, counted from each item's last write. null (the default) leaves TTL off: runs are kept until deleted. -1 turns TTL on without expiring anything unless an item sets its own ttl. A run's items are written at different times, so choose a TTL well beyond the longest run, pauses (awaiting runs) included."
   type        = number
   default     = null
 

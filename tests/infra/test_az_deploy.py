@@ -47,7 +47,8 @@ FAKE_AZ = textwrap.dedent(
     query = argv[argv.index("--query") + 1] if "--query" in argv else None
     files = {{a[1:]: open(a[1:]).read() for a in argv if a.startswith("@") and os.path.isfile(a[1:])}}
     with open(os.environ["FAKE_AZ_LOG"], "a") as log:
-        log.write(json.dumps({{"argv": argv, "files": files}}) + "\\n")
+        storage = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        log.write(json.dumps({{"argv": argv, "files": files, "storage_env": storage}}) + "\\n")
 
     answers = {{
         ("account", "show"): "00000000-0000-0000-0000-00000000abcd",
@@ -82,6 +83,7 @@ class Call:
     words: tuple[str, ...]
     options: dict[str, list[str]]
     files: dict[str, str]
+    storage_env: str | None
 
 
 def _parse(argv: list[str]) -> tuple[tuple[str, ...], dict[str, list[str]]]:
@@ -123,7 +125,7 @@ def run_script(tmp_path: Path, **env_overrides: str) -> tuple[subprocess.Complet
     for line in log.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         words, options = _parse(record["argv"])
-        calls.append(Call(words, options, record["files"]))
+        calls.append(Call(words, options, record["files"], record["storage_env"]))
     return result, calls
 
 
@@ -182,6 +184,9 @@ def test_same_queues_as_terraform(tf: Terraform, default_run: tuple[Any, list[Ca
     assert created == expected == {"flowcraft-jobs", "flowcraft-jobs-poison"}
     logging = one(calls, "storage", "logging", "update")
     assert opt(logging, "--services") == "q" and opt(logging, "--log") == "rwd"
+    # Data-plane calls get the account key through the environment, not as an argument.
+    for call in [*find(calls, "storage", "queue", "create"), logging]:
+        assert call.storage_env == STORAGE_CONNECTION
 
 
 def test_same_cosmos_database_containers_and_partition_key(tf: Terraform, default_run: tuple[Any, list[Call]]) -> None:
@@ -278,9 +283,11 @@ def test_every_app_setting_is_set(tf: Terraform, default_run: tuple[Any, list[Ca
     assert settings["FLOWCRAFT_WORKFLOWS"] == tf.default("workflows_module")
     assert settings["FLOWCRAFT_STALLED_THRESHOLD_SECONDS"] == str(tf.default("stalled_threshold_seconds"))
     assert settings["FLOWCRAFT_RECONCILE_SCHEDULE"] == tf.default("reconcile_schedule")
-    # Secrets never on a command line.
+    # Keys never appear on a command line (they would show in the process list).
     for c in calls:
-        assert not any(REDIS_KEY in arg or "AccountKey=Y29zbW9z" in arg for values in c.options.values() for arg in values)
+        arguments = [arg for values in c.options.values() for arg in values]
+        for secret in (REDIS_KEY, "AccountKey=Y29zbW9z", "AccountKey=c3Q="):
+            assert not any(secret in arg for arg in arguments), f"az {' '.join(c.words)} gets a key as argument"
 
 
 def test_same_role_assignments_as_terraform(tf: Terraform, default_run: tuple[Any, list[Call]]) -> None:
@@ -296,9 +303,12 @@ def test_same_role_assignments_as_terraform(tf: Terraform, default_run: tuple[An
     assert opt(cosmos, "--principal-id") == PRINCIPAL_ID
 
 
-def test_tags_and_state_file(default_run: tuple[Any, list[Call]], tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_every_taggable_resource_is_tagged(default_run: tuple[Any, list[Call]]) -> None:
     _, calls = default_run
-    assert "app=flowcraft" in one(calls, "group", "create").options["--tags"]
+    for words in [("group", "create"), ("storage", "account", "create"), ("cosmosdb", "create"),
+                  ("redis", "create"), ("monitor", "log-analytics", "workspace", "create"),
+                  ("monitor", "app-insights", "component", "create"), ("functionapp", "create")]:
+        assert "app=flowcraft" in one(calls, *words).options.get("--tags", []), words
 
 
 def test_elastic_premium_plan(tmp_path: Path) -> None:

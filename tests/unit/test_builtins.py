@@ -490,6 +490,83 @@ async def test_loop_with_two_node_body_and_declared_entry_point() -> None:
     assert ran.count("finalize") == 1
 
 
+def _parity_registry(ran: Ran) -> dict[str, Any]:
+    registry = _counter(ran)
+
+    async def increment(ctx: NodeContext) -> NodeResult:
+        ran.hit(ctx)
+        count = (await ctx.context.get("count") or 0) + 1
+        await ctx.context.set("count", count)
+        return NodeResult(output=count, action="even" if count % 2 == 0 else "odd")
+
+    async def echo(ctx: NodeContext) -> NodeResult:
+        ran.hit(ctx)
+        return NodeResult(output=ctx.input)
+
+    registry.update(increment=increment, even=echo, odd=echo, merge=echo, side=echo, outer_body=echo)
+    return registry
+
+
+@pytest.mark.parametrize("merge_strategy", ["any", "all"])
+async def test_loop_body_with_a_router_inside(merge_strategy: str) -> None:
+    ran = Ran()
+    blueprint = bp(
+        ["initialize", "increment", "even", "odd",
+         {"id": "merge", "uses": "merge", "config": {"joinStrategy": merge_strategy}},
+         {"id": "ctl", "uses": "loop-controller", "params": {"condition": "count < 5"}}, "finalize"],
+        [("initialize", "increment"),
+         {"source": "increment", "target": "even", "action": "even"},
+         {"source": "increment", "target": "odd", "action": "odd"},
+         ("even", "merge"), ("odd", "merge"), ("merge", "ctl"),
+         {"source": "ctl", "target": "increment", "action": "continue"},
+         {"source": "ctl", "target": "finalize", "action": "break"}],
+    )
+    result = await run(FlowRuntime(registry=_parity_registry(ran)), blueprint)
+
+    assert result.status == "completed", result.errors
+    assert [ran.count(n) for n in ("increment", "odd", "even", "merge", "finalize")] == [5, 3, 2, 5, 1]
+    # The join's input holds the branch taken in this iteration only, not outputs of earlier ones.
+    assert ran.inputs["merge"] == [{"odd": 1}, {"even": 2}, {"odd": 3}, {"even": 4}, {"odd": 5}]
+
+
+async def test_nested_loops() -> None:
+    ran = Ran()
+    blueprint = bp(
+        ["initialize", "outer_body", {"id": "inc", "uses": "increment"},
+         {"id": "inner", "uses": "loop-controller", "params": {"condition": "count % 3 != 0"}},
+         {"id": "outer", "uses": "loop-controller", "params": {"condition": "count < 9"}}, "finalize"],
+        [("initialize", "outer_body"), ("outer_body", "inc"), ("inc", "inner"),
+         {"source": "inner", "target": "inc", "action": "continue"},
+         {"source": "inner", "target": "outer", "action": "break"},
+         {"source": "outer", "target": "outer_body", "action": "continue"},
+         {"source": "outer", "target": "finalize", "action": "break"}],
+    )
+    result = await run(FlowRuntime(registry=_parity_registry(ran)), blueprint)
+
+    assert result.status == "completed", result.errors
+    assert ran.count("outer_body") == 3
+    assert ran.count("inc") == 9
+    assert ran.count("finalize") == 1
+    assert result.context["count"] == 9
+
+
+async def test_join_after_a_loop_and_a_parallel_branch_runs_once() -> None:
+    ran = Ran()
+    blueprint = bp(
+        ["initialize", "increment", "side",
+         {"id": "ctl", "uses": "loop-controller", "params": {"condition": "count < 3"}}, "finalize"],
+        [("initialize", "increment"), ("initialize", "side"), ("increment", "ctl"),
+         {"source": "ctl", "target": "increment", "action": "continue"},
+         {"source": "ctl", "target": "finalize", "action": "break"}, ("side", "finalize")],
+    )
+    result = await run(FlowRuntime(registry=_parity_registry(ran)), blueprint)
+
+    assert result.status == "completed", result.errors
+    assert ran.count("increment") == 3
+    assert ran.count("side") == 1
+    assert ran.count("finalize") == 1
+
+
 async def test_loop_hitting_max_iterations_fails_clearly() -> None:
     ran = Ran()
     result = await run(FlowRuntime(registry=_counter(ran)), _flowcraft_loop("true", maxIterations=3))

@@ -543,11 +543,26 @@ async def test_failing_fallback_fails_the_node() -> None:
         raise ValueError("rescue failed too")
 
     registry = {"f": flaky(trace, failures=99), "rescue": broken_rescue, "after": returning(trace)}
+    bus = CollectingEventBus()
+    blueprint = bp([{"id": "f", "uses": "f", "config": {"fallback": "rescue"}}, "after"], [("f", "after")])
+    result = await run(FlowRuntime(registry=registry, event_bus=bus), blueprint)
+
+    assert result.status == "failed"
+    assert result.errors == [{"nodeId": "f", "attempt": 1, "message":
+                              "RuntimeError: boom 1 (and its fallback failed: ValueError: rescue failed too)"}]
+    assert "after" not in trace.ran()
+    assert len(run_events(bus, result.run_id, "node:error")) == 1
+
+
+async def test_fallback_returning_an_error_fails_the_node() -> None:
+    trace = Trace()
+    registry = {"f": flaky(trace, failures=99), "rescue": lambda ctx: {"error": "no plan b"},
+                "after": returning(trace)}
     blueprint = bp([{"id": "f", "uses": "f", "config": {"fallback": "rescue"}}, "after"], [("f", "after")])
     result = await run(FlowRuntime(registry=registry), blueprint)
 
     assert result.status == "failed"
-    assert result.errors[0]["nodeId"] == "f"
+    assert "no plan b" in result.errors[0]["message"]
     assert "after" not in trace.ran()
 
 

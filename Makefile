@@ -1,0 +1,71 @@
+# Two commands on a fresh machine (Python 3.11+, Node.js 20+, and redis-server or root to install it):
+#   make demo   runs the content-moderation workflow end to end on local emulators
+#   make test   runs the whole suite
+# Everything else is installed here, into .venv and node_modules.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help deps demo dev test test-fast lint bench clean check-tools
+
+help:
+	@echo "make demo    run a real workflow end to end on local emulators (Azurite, Cosmos stand-in, Redis)"
+	@echo "make test    run the whole test suite (unit, integration, end-to-end, infra)"
+	@echo "make dev     serve the Functions app on http://localhost:7071/api against local emulators"
+	@echo "make lint    ruff and mypy"
+	@echo "make bench   benchmarks (in-process and distributed) printing throughput and requests per node"
+
+check-tools:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null || \
+		{ echo "error: Python 3.11+ is required as '$(PYTHON)' (set PYTHON=/path/to/python3.11)"; exit 1; }
+	@command -v node >/dev/null 2>&1 || { echo "error: Node.js 20+ is required for the local emulators (node not on PATH)"; exit 1; }
+	@command -v npm >/dev/null 2>&1 || { echo "error: npm is required for the local emulators (npm not on PATH)"; exit 1; }
+	@node -e 'process.exit(parseInt(process.versions.node) >= 20 ? 0 : 1)' || \
+		{ echo "error: Node.js 20+ is required, found $$(node --version)"; exit 1; }
+	@command -v redis-server >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing redis-server (apt-get)"; \
+			(apt-get install -y -q redis-server >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)) \
+			|| { echo "error: could not install redis-server with apt-get"; exit 1; }; \
+		else \
+			echo "error: redis-server is required on PATH (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)"; exit 1; \
+		fi; }
+
+$(VENV)/.deps: requirements.txt requirements-dev.txt
+	@$(MAKE) --no-print-directory check-tools
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+node_modules/.deps: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+deps: check-tools $(VENV)/.deps node_modules/.deps
+
+demo: deps
+	$(PY) scripts/demo.py
+
+dev: deps
+	$(PY) scripts/dev.py --port 7071
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: deps
+	$(PY) -m pytest -m "not slow and not emulators" $(PYTEST_ARGS)
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: deps
+	$(PY) bench/inprocess.py
+	$(PY) bench/distributed.py
+
+clean:
+	rm -rf $(VENV) node_modules .emulators .pytest_cache .mypy_cache .ruff_cache
