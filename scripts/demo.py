@@ -37,7 +37,7 @@ def free_port() -> int:
 def call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
     """One JSON request with the function key; returns (status, parsed body)."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
+    req = urllib.request.Request(url, data=data, method=method,  # noqa: S310 - a localhost URL we built
                                  headers={"content-type": "application/json", "x-functions-key": FUNCTION_KEY})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - a localhost URL we built
