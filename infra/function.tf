@@ -22,7 +22,7 @@ locals {
   # "+", "/" and "=", which would otherwise break the URL. 6380 is the cache's TLS port.
   redis_url = "rediss://:${urlencode(azurerm_redis_cache.main.primary_access_key)}@${azurerm_redis_cache.main.hostname}:6380/0"
 
-  # Every setting flowcraft_core reads (see local.settings.json.example). Two more come from dedicated
+  # The settings flowcraft_core needs on Azure (flowcraft_core/settings.py). Two more come from dedicated
   # arguments of azurerm_linux_function_app, which is where the provider expects them (it strips them
   # from app_settings when reading the app back, so setting them here would show a change on every plan):
   #   AzureWebJobsStorage                    <- storage_account_name + storage_account_access_key

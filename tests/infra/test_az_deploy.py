@@ -156,7 +156,9 @@ def test_bash_syntax() -> None:
 
 
 def test_strict_mode_and_env_defaults() -> None:
+    assert os.access(SCRIPT, os.X_OK), "infra/az-deploy.sh must be executable (chmod +x)"
     text = SCRIPT.read_text(encoding="utf-8")
+    assert text.startswith("#!/usr/bin/env bash\n")
     assert "set -euo pipefail" in text
     for default in ("PREFIX=${PREFIX:-flowcraft}", "QUEUE_NAME=${QUEUE_NAME:-flowcraft-jobs}",
                     "COSMOS_DATABASE=${COSMOS_DATABASE:-flowcraftDb}", "PARTITION_KEY_PATH=/runId",

@@ -227,8 +227,9 @@ def test_every_setting_the_app_reads_is_wired(tf: Terraform) -> None:
     assert attr(site, "application_insights_connection_string") == (
         "${azurerm_application_insights.main.connection_string}"
     )
-    for provider_managed in ("AzureWebJobsStorage", "APPLICATIONINSIGHTS_CONNECTION_STRING", "FUNCTIONS_WORKER_RUNTIME"):
-        assert provider_managed not in tf.locals["function_app_settings"]
+    provider_managed = ("AzureWebJobsStorage", "APPLICATIONINSIGHTS_CONNECTION_STRING", "FUNCTIONS_WORKER_RUNTIME")
+    for name in provider_managed:
+        assert name not in tf.locals["function_app_settings"]
 
     # Defaults match the app's documented defaults.
     assert tf.default("workflows_module") == "workflows"
