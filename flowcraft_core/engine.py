@@ -20,9 +20,11 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import ValidationError
 
 from .context import NodeContextView
 from .errors import (
@@ -92,6 +94,9 @@ class EngineOptions:
     result_context_limit_bytes: int = 1_500_000
     # How often a worker refreshes a run's lastUpdated while executing its nodes.
     touch_interval_seconds: float = 30.0
+    # How long a delivery's claim on executing a join lasts (see Engine._claim_join). A crashed
+    # holder's own redelivery reclaims at once; other deliveries wait this long (or the reconciler).
+    claim_ttl_seconds: int = 300
 
 
 class Engine:
@@ -165,7 +170,7 @@ class Engine:
             raise BlueprintError(f"blueprint {blueprint_id!r} has no start node", ["(root): no start node"])
         created = time.time()
         await self.status_store.create(run_id, blueprint_id, created)
-        await self.run_store.create_run(RunHeader(run_id, blueprint_id, graph.blueprint.version, created,
+        await self.run_store.create_run(RunHeader(run_id, blueprint_id, graph.version, created,
                                                   initial))
         await self.events.emit({"type": "workflow:start", "payload": {"runId": run_id,
                                                                       "blueprintId": blueprint_id}})
@@ -234,8 +239,12 @@ class Engine:
         return rec.node_id
 
     # ------------------------------------------------------------------ jobs
-    async def handle_job(self, job: Job) -> JobOutcome:
-        """Execute and route one job; idempotent under redelivery."""
+    async def handle_job(self, job: Job, *, delivery_id: str | None = None) -> JobOutcome:
+        """Execute and route one job; idempotent under redelivery.
+
+        ``delivery_id`` identifies the queue message (stable across its redeliveries); it lets a join's
+        redelivered message take back the execution claim its crashed first delivery left behind.
+        """
         state = await self.run_store.load(job.run_id)
         if state is None:
             raise InvalidJobError(f"job for unknown run {job.run_id!r} (node {job.node_id!r})")
@@ -249,11 +258,11 @@ class Engine:
         except BlueprintError as exc:
             await self._fail_run(job.run_id, f"blueprint {job.blueprint_id!r} is not deployed: {exc.message}")
             return JobOutcome("failed", job.run_id, job.node_id, "unknown blueprint")
-        if graph.blueprint.version != state.header.blueprint_version:
+        if graph.version != state.header.blueprint_version:
             await self._fail_run(job.run_id, (
                 f"blueprint {job.blueprint_id!r} changed while the run was in flight "
                 f"(run started on version {state.header.blueprint_version}, workers have "
-                f"{graph.blueprint.version})"))
+                f"{graph.version})"))
             return JobOutcome("failed", job.run_id, job.node_id, "blueprint version mismatch")
         node = graph.nodes.get(job.node_id) or _dynamic_nodes(state).get(job.node_id)
         if node is None:
@@ -263,6 +272,11 @@ class Engine:
         replay = record is not None
         executed = False
         if record is None:
+            if _is_join(graph, node) and not await self._claim_join(job, delivery_id):
+                # Another delivery of this join (a duplicate message, or an eager re-enqueue) is
+                # executing it right now; that one commits and routes. Executing it twice would
+                # run the join's code twice, so this delivery is dropped.
+                return JobOutcome("busy", job.run_id, job.node_id, "another delivery is executing this join")
             record = await self._execute(state, graph, node, job)
             executed = True
             record, new = await self.run_store.commit(job.run_id, record)
@@ -383,7 +397,13 @@ class Engine:
             event["payload"]["runId"] = job.run_id
             await self.events.emit(event)
         try:
-            dynamic = _validate_dynamic(node.id, result.dynamic_nodes)
+            # Ids must not clash with the blueprint's nodes nor with another node's dynamic nodes (the
+            # same node may reuse its own ids in a later loop iteration).
+            dynamic = None
+            if result.dynamic_nodes:  # the scan of every record is O(records): only when needed
+                others = {dyn["id"] for rec in state.records.values() if rec.node_id != node.id
+                          for dyn in rec.dynamic_nodes or []}
+                dynamic = _validate_dynamic(node.id, result.dynamic_nodes, taken=set(graph.nodes) | others)
         except RunStateError as exc:
             return NodeRecord(node_id=node.id, iteration=job.iteration, status="failed",
                               error=NodeExecutionError(node.id, str(exc), outcome.attempts).to_dict(),
@@ -404,6 +424,8 @@ class Engine:
         it = record.iteration
         extra = node.model_extra or {}
         if record.dynamic_nodes:
+            # Batch workers lead to their gather node; other dynamic nodes are an expansion of this
+            # node, and its own edges are taken once all of them finished (see below).
             for dyn in record.dynamic_nodes:
                 if not (eager and state.record(dyn["id"], it) is not None):
                     enqueued.append(await self._enqueue(Job(run_id, state.header.blueprint_id, dyn["id"], it)))
@@ -412,6 +434,23 @@ class Engine:
             gather = str(extra["gatherNodeId"])
             siblings = int(extra.get("batchSize", 1))
             await self._arrive(state, graph, gather, it, node.id, True, enqueued, eager=eager, expected=siblings)
+            return enqueued
+        if "parentNodeId" in extra and node.id not in graph.nodes:
+            parent_id = str(extra["parentNodeId"])
+            gate = f"{run_id}|gate|{it}|expand:{parent_id}"
+            decision, first = await self.coordination.arrive(
+                gate, node.id, done=True, expected=int(extra.get("expansionSize", 1)), strategy="all",
+                ttl_seconds=self.options.coordination_ttl_seconds)
+            if decision != "fire" or not (first or eager):
+                return enqueued
+            parent = graph.nodes.get(parent_id) or _dynamic_nodes(state).get(parent_id)
+            parent_record = state.record(parent_id, it)
+            if parent is None or parent_record is None:
+                raise InvalidJobError(f"run {run_id!r}: dynamic node {node.id!r} names unknown parent {parent_id!r}")
+            # Every node the parent expanded into finished: route the parent's own edges now.
+            without_dynamic = copy.copy(parent_record)
+            without_dynamic.dynamic_nodes = None
+            enqueued.extend(await self._route(state, graph, parent, without_dynamic, eager=eager))
             return enqueued
 
         if node.id in graph.reachable_terminals and not graph.out_edges.get(node.id):
@@ -535,6 +574,16 @@ class Engine:
         await self.events.emit({"type": "job:enqueued", "payload": {**job.to_dict(), "delay": delay_seconds}})
         return job.key
 
+    async def _claim_join(self, job: Job, delivery_id: str | None) -> bool:
+        """Claim the execution of a join for this delivery (one SET NX); True when it may execute."""
+        key = f"flowcraft:{{{job.run_id}}}:claim:{job.key}"
+        token = delivery_id or uuid.uuid4().hex
+        if await self.coordination.set_if_not_exist(key, token, self.options.claim_ttl_seconds):
+            return True
+        # Held: by another delivery (drop this one), or by this very message's earlier delivery that
+        # crashed before committing (take it back).
+        return delivery_id is not None and await self.coordination.get(key) == delivery_id
+
     async def _emit_changes(self, job: Job, record: NodeRecord) -> None:
         for key, value in record.changes.items():
             await self.events.emit({"type": "context:change", "payload": {
@@ -558,6 +607,13 @@ class Engine:
         return dict(state.context)
 
 
+def _is_join(graph: CompiledGraph, node: NodeDefinition) -> bool:
+    """True for a node that several jobs can release: more than one predecessor, or a batch gather."""
+    from .builtins.names import BATCH_GATHER
+
+    return len(graph.forward_predecessors.get(node.id, [])) > 1 or node.uses == BATCH_GATHER
+
+
 def waiting_records(state: RunState) -> list[NodeRecord]:
     """The records of nodes that wait for external input (wait, webhook)."""
     return [r for r in state.records.values() if r.status == "awaiting"]
@@ -577,16 +633,31 @@ def _dynamic_nodes(state: RunState) -> dict[str, NodeDefinition]:
     return found
 
 
-def _validate_dynamic(node_id: str, dynamic: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+def _validate_dynamic(node_id: str, dynamic: list[dict[str, Any]] | None,
+                      taken: Collection[str] = ()) -> list[dict[str, Any]] | None:
+    """Check the dynamic nodes a node returned; tag expansions (not batch workers) with their parent."""
     if not dynamic:
         return None
-    checked = []
+    checked: list[dict[str, Any]] = []
+    seen: set[str] = set()
     for i, raw in enumerate(dynamic):
         if isinstance(raw, NodeDefinition):
             raw = raw.to_wire()
         if not isinstance(raw, dict) or not raw.get("id") or not raw.get("uses"):
             raise RunStateError(f"node {node_id!r} returned dynamic node {i} without id and uses")
-        checked.append(NodeDefinition.model_validate(raw).to_wire())
+        dyn_id = str(raw["id"])
+        if dyn_id in taken or dyn_id in seen:
+            raise RunStateError(f"node {node_id!r} returned dynamic node {i} with id {dyn_id!r}, "
+                                "which is already a node of the run")
+        seen.add(dyn_id)
+        try:
+            checked.append(NodeDefinition.model_validate(raw).to_wire())
+        except ValidationError as exc:
+            raise RunStateError(f"node {node_id!r} returned an invalid dynamic node {i}: {exc}") from None
+    if not any("gatherNodeId" in dyn for dyn in checked):
+        for dyn in checked:
+            dyn["parentNodeId"] = node_id
+            dyn["expansionSize"] = len(checked)
     return checked
 
 

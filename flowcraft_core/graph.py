@@ -29,6 +29,8 @@ class CompiledGraph:
     cycles: list[list[str]]
     forward_predecessors: dict[str, list[str]] = field(default_factory=dict)
     reachable_terminals: frozenset[str] = frozenset()
+    # The blueprint's version, computed once: hashing the whole blueprint on every job was O(nodes).
+    version: str = ""
 
     def is_back_edge(self, edge: EdgeDefinition) -> bool:
         """True when taking this edge starts a new loop iteration."""
@@ -180,6 +182,7 @@ def compile_graph(bp: WorkflowBlueprint) -> CompiledGraph:
         cycles=cycles,
         forward_predecessors=fwd_preds,
         reachable_terminals=reachable_terminals,
+        version=bp.version,
     )
 
 

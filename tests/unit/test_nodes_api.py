@@ -548,3 +548,61 @@ async def test_context_change_events_name_the_writer() -> None:
     result = await run(FlowRuntime(registry={"writer": writer}, event_bus=bus), bp(["writer"]))
     changes = [e["payload"] for e in bus.of_type("context:change")]
     assert changes == [{"runId": result.run_id, "sourceNode": "writer", "key": "answer", "value": 42}]
+
+
+# --- dynamic nodes ---------------------------------------------------------------------------------
+
+
+async def test_dynamic_nodes_run_before_the_nodes_successors() -> None:
+    order: list[str] = []
+
+    async def plan(ctx: NodeContext) -> NodeResult:
+        order.append(ctx.node_id)
+        return NodeResult(output="planned", dynamic_nodes=[
+            {"id": f"step_{i}", "uses": "step", "params": {"n": i}} for i in range(3)])
+
+    async def step(ctx: NodeContext) -> NodeResult:
+        order.append(ctx.node_id)
+        return NodeResult(output=ctx.params["n"] * 10)
+
+    async def after(ctx: NodeContext) -> NodeResult:
+        order.append(ctx.node_id)
+        return NodeResult(output=[await ctx.context.get(f"_outputs.step_{i}") for i in range(3)])
+
+    result = await run(FlowRuntime(registry={"plan": plan, "step": step, "after": after}),
+                       bp(["plan", "after"], [("plan", "after")]))
+
+    assert result.status == "completed", result.errors
+    assert order[0] == "plan" and order[-1] == "after"
+    assert sorted(order[1:-1]) == ["step_0", "step_1", "step_2"]
+    assert result.context["_outputs.after"] == [0, 10, 20]
+    assert result.context["_outputs.plan"] == "planned"
+
+
+async def test_dynamic_nodes_of_a_terminal_node_complete_the_run() -> None:
+    async def plan(ctx: NodeContext) -> NodeResult:
+        return NodeResult(dynamic_nodes=[{"id": "extra", "uses": "extra"}])
+
+    result = await run(FlowRuntime(registry={"plan": plan, "extra": lambda ctx: {"output": "x"}}), bp(["plan"]))
+    assert result.status == "completed", result.errors
+    assert result.context["_outputs.extra"] == "x"
+
+
+@pytest.mark.parametrize(
+    ("dynamic", "fragment"),
+    [
+        ([{"id": "plan", "uses": "x"}], "already a node of the run"),
+        ([{"id": "d", "uses": "x"}, {"id": "d", "uses": "x"}], "already a node of the run"),
+        ([{"uses": "x"}], "without id and uses"),
+        ([{"id": "d", "uses": "x", "config": {"maxRetries": 0}}], "invalid dynamic node 0"),
+    ],
+    ids=["static-id", "duplicate", "no-id", "bad-config"],
+)
+async def test_invalid_dynamic_nodes_fail_the_node(dynamic: list[dict[str, Any]], fragment: str) -> None:
+    async def plan(ctx: NodeContext) -> NodeResult:
+        return NodeResult(dynamic_nodes=dynamic)
+
+    result = await run(FlowRuntime(registry={"plan": plan, "x": lambda ctx: None}), bp(["plan"]))
+    assert result.status == "failed"
+    assert result.errors[0]["nodeId"] == "plan"
+    assert fragment in result.errors[0]["message"]
