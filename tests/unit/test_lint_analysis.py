@@ -22,17 +22,14 @@ REGISTRY: dict[str, Any] = {
 }
 
 
-def _fixtures_dir() -> Path | None:
-    candidates = [
-        os.environ.get("FLOWCRAFT_DECLARATIVE_FIXTURES", ""),
-        str(Path(__file__).resolve().parents[1] / "fixtures" / "declarative"),
-        "/work/shared/fixtures/declarative",
-    ]
-    return next((Path(c) for c in candidates if c and Path(c).is_dir()), None)
+def _fixtures_dir() -> Path:
+    # The sample app ships the fixtures unchanged (test_workflows_nodes compares them byte for byte with
+    # shared/fixtures when it sits beside the repo), so they are always here.
+    override = os.environ.get("FLOWCRAFT_DECLARATIVE_FIXTURES", "")
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "workflows" / "blueprints"
 
 
 FIXTURES = _fixtures_dir()
-needs_fixtures = pytest.mark.skipif(FIXTURES is None, reason="declarative fixtures not found")
 
 
 def bp(
@@ -320,7 +317,6 @@ def test_awkward_node_ids_are_not_a_problem() -> None:
     assert lint_blueprint(blueprint, REGISTRY) == []
 
 
-@needs_fixtures
 def test_declarative_fixtures_lint_clean() -> None:
     assert FIXTURES is not None
     catalog = load_blueprints(FIXTURES)
@@ -328,7 +324,6 @@ def test_declarative_fixtures_lint_clean() -> None:
         assert lint_blueprint(blueprint, REGISTRY, blueprints=catalog) == [], blueprint.id
 
 
-@needs_fixtures
 def test_fixture_with_missing_child_blueprint_reports_unknown_subflow() -> None:
     assert FIXTURES is not None
     catalog = load_blueprints(FIXTURES)
@@ -376,7 +371,6 @@ def test_analysis_counts_what_was_written() -> None:
     assert result.terminal_node_ids == ["b"]
 
 
-@needs_fixtures
 def test_analysis_of_every_declarative_fixture() -> None:
     assert FIXTURES is not None
     catalog = load_blueprints(FIXTURES)
@@ -425,7 +419,6 @@ def _parse_mermaid(text: str) -> tuple[dict[str, tuple[str, str]], list[tuple[st
     return nodes, edges
 
 
-@needs_fixtures
 def test_mermaid_of_every_fixture_shows_every_node_and_edge_label() -> None:
     assert FIXTURES is not None
     for blueprint in load_blueprints(FIXTURES).values():
@@ -444,7 +437,6 @@ def test_mermaid_of_every_fixture_shows_every_node_and_edge_label() -> None:
                 assert label is None
 
 
-@needs_fixtures
 def test_mermaid_subflow_shape() -> None:
     assert FIXTURES is not None
     text = generate_mermaid(load_blueprints(FIXTURES)["400"])
