@@ -20,7 +20,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,10 @@ logger = logging.getLogger("flowcraft.engine")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}$")
 DEFAULT_COORDINATION_TTL = 7 * 24 * 3600
 
+# A fault-injection hook called at each checkpoint of handle_job with (step, run id, node id); see
+# flowcraft_core.azure.faults. None (the default) disables checkpoints entirely.
+FaultHook = Callable[[str, str, str | None], Awaitable[None] | None]
+
 
 def validate_run_id(run_id: str) -> str:
     """Return the run id, or raise ValueError saying what is wrong with it."""
@@ -97,6 +101,8 @@ class EngineOptions:
     # How long a delivery's claim on executing a join lasts (see Engine._claim_join). A crashed
     # holder's own redelivery reclaims at once; other deliveries wait this long (or the reconciler).
     claim_ttl_seconds: int = 300
+    # Fault injection for reliability tests (flowcraft_core.azure.faults); never set in production.
+    fault_hook: FaultHook | None = None
 
 
 class Engine:
@@ -135,6 +141,7 @@ class Engine:
         self._graphs: dict[str, CompiledGraph] = {}
         self._signals: dict[str, set[CancelSignal]] = {}
         self._last_touch: dict[str, float] = {}
+        self.fault_hook: FaultHook | None = self.options.fault_hook
 
     # ------------------------------------------------------------------ blueprints
     def add_blueprint(self, bp: WorkflowBlueprint) -> None:
@@ -272,14 +279,23 @@ class Engine:
         replay = record is not None
         executed = False
         if record is None:
-            if _is_join(graph, node) and not await self._claim_join(job, delivery_id):
-                # Another delivery of this join (a duplicate message, or an eager re-enqueue) is
-                # executing it right now; that one commits and routes. Executing it twice would
-                # run the join's code twice, so this delivery is dropped.
-                return JobOutcome("busy", job.run_id, job.node_id, "another delivery is executing this join")
+            if not _scheduled(state, graph, node.id, job.iteration):
+                # Only a stored record (or the run's start) schedules a node; a job naming a node that
+                # nothing routed to (a forged or misrouted message, a branch not taken) must not run it.
+                raise InvalidJobError(f"run {job.run_id!r} did not schedule node {job.node_id!r}: no stored "
+                                      "record routes to it and it is not a start node")
+            if _is_join(graph, node):
+                if not await self._claim_join(job, delivery_id):
+                    # Another delivery of this join (a duplicate message, or an eager re-enqueue) is
+                    # executing it right now; that one commits and routes. Executing it twice would
+                    # run the join's code twice, so this delivery is dropped.
+                    return JobOutcome("busy", job.run_id, job.node_id, "another delivery is executing this join")
+                await self._checkpoint("after-claim", job.run_id, job.node_id)
             record = await self._execute(state, graph, node, job)
             executed = True
+            await self._checkpoint("after-execute", job.run_id, job.node_id)
             record, new = await self.run_store.commit(job.run_id, record)
+            await self._checkpoint("after-commit", job.run_id, job.node_id)
             replay = not new
             if new:
                 await self._emit_changes(job, record)
@@ -441,6 +457,7 @@ class Engine:
             decision, first = await self.coordination.arrive(
                 gate, node.id, done=True, expected=int(extra.get("expansionSize", 1)), strategy="all",
                 ttl_seconds=self.options.coordination_ttl_seconds)
+            await self._checkpoint("after-gate", run_id, parent_id)
             if decision != "fire" or not (first or eager):
                 return enqueued
             parent = graph.nodes.get(parent_id) or _dynamic_nodes(state).get(parent_id)
@@ -504,6 +521,7 @@ class Engine:
             decision, first = await self.coordination.arrive(
                 gate, source, done=done, expected=count, strategy=strategy,
                 ttl_seconds=self.options.coordination_ttl_seconds)
+            await self._checkpoint("after-gate", run_id, target)
         if decision == "wait" or not (first or eager):
             return
         if decision == "fire":
@@ -552,7 +570,10 @@ class Engine:
         else:
             result = {"contextTruncated": True, "contextBytes": size, "contextKeys": sorted(context)[:500],
                       "errors": []}
-        if await self.status_store.finalize(run_id, "completed", result=result):
+        await self._checkpoint("before-final", run_id)
+        finalized = await self.status_store.finalize(run_id, "completed", result=result)
+        await self._checkpoint("after-final", run_id)
+        if finalized:
             await self.events.emit({"type": "workflow:finish", "payload": {"runId": run_id,
                                                                            "status": "completed"}})
             logger.info("run %s completed (%d node executions)", run_id, len(state.records))
@@ -562,8 +583,11 @@ class Engine:
         await self.run_store.mark(run_id, "failed", {"reason": reason, "errors": errors or []})
         for signal in self._signals.get(run_id, set()):
             signal.cancel(reason)
-        if await self.status_store.finalize(run_id, "failed", reason=reason,
-                                            result={"errors": errors or []}):
+        await self._checkpoint("before-final", run_id)
+        finalized = await self.status_store.finalize(run_id, "failed", reason=reason,
+                                                     result={"errors": errors or []})
+        await self._checkpoint("after-final", run_id)
+        if finalized:
             await self.events.emit({"type": "workflow:finish", "payload": {"runId": run_id, "status": "failed",
                                                                            "reason": reason}})
             logger.warning("run %s failed: %s", run_id, reason)
@@ -571,8 +595,18 @@ class Engine:
 
     async def _enqueue(self, job: Job, *, delay_seconds: float = 0) -> str:
         await self.queue.enqueue(job, delay_seconds=delay_seconds)
+        await self._checkpoint("after-enqueue", job.run_id, job.node_id)
         await self.events.emit({"type": "job:enqueued", "payload": {**job.to_dict(), "delay": delay_seconds}})
         return job.key
+
+    async def _checkpoint(self, step: str, run_id: str, node_id: str | None = None) -> None:
+        """A named point of handle_job where fault injection may crash the process (no-op by default)."""
+        hook = self.fault_hook
+        if hook is None:
+            return
+        pending = hook(step, run_id, node_id)
+        if pending is not None:
+            await pending
 
     async def _claim_join(self, job: Job, delivery_id: str | None) -> bool:
         """Claim the execution of a join for this delivery (one SET NX); True when it may execute."""
@@ -612,6 +646,32 @@ def _is_join(graph: CompiledGraph, node: NodeDefinition) -> bool:
     from .builtins.names import BATCH_GATHER
 
     return len(graph.forward_predecessors.get(node.id, [])) > 1 or node.uses == BATCH_GATHER
+
+
+def _scheduled(state: RunState, graph: CompiledGraph, node_id: str, iteration: int = 0) -> bool:
+    """True when the run can have scheduled this node: a start node, a dynamic node (or its gather) of a
+    stored record, or the target of a route a stored record took. O(records); only for first executions."""
+    if not graph.in_edges.get(node_id) or node_id in entry_node_ids(graph):
+        return True
+    # Fast path, O(in-degree): the record of a predecessor in this iteration (or the previous one, for a
+    # loop's back edge) normally holds the taken route, found by key and edge position. It only ever
+    # answers True on a stored taken route, so falling back to the full scan keeps the same answers.
+    for edge in graph.in_edges[node_id]:
+        for it in (iteration, iteration - 1) if iteration > 0 else (iteration,):
+            rec = state.record(edge.source, it)
+            if rec is None:
+                continue
+            routes = rec.routes
+            for i in graph.out_positions.get(edge.source, {}).get(node_id, ()):
+                if i < len(routes) and routes[i].target == node_id and routes[i].taken:
+                    return True
+    for rec in state.records.values():
+        if any(route.taken and route.target == node_id for route in rec.routes):
+            return True
+        for dyn in rec.dynamic_nodes or ():
+            if dyn.get("id") == node_id or dyn.get("gatherNodeId") == node_id:
+                return True
+    return False
 
 
 def waiting_records(state: RunState) -> list[NodeRecord]:

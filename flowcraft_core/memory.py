@@ -204,6 +204,11 @@ class InMemoryCoordinationStore:
         for store in (self._gates, self._decisions):
             for key in [k for k in store if k.startswith(prefix)]:
                 store.pop(key, None)
+        # Engine-made keys (join claims) carry the run id in a {hash tag}; a long-lived runtime must not
+        # keep one per join execution forever.
+        tag = f"{{{run_id}}}"
+        for key in [k for k in self._values if tag in k]:
+            self._values.pop(key, None)
 
 
 def decide_gate(members: dict[str, bool], expected: int, strategy: str) -> GateDecision:

@@ -17,6 +17,7 @@ from ..engine import Engine, EngineOptions, JobOutcome
 from ..errors import InvalidJobError
 from ..protocols import CoordinationStore, Job
 from .cosmos import CosmosRunStore, CosmosStatusStore, RequestCounter
+from .faults import fault_hook_from_env
 from .queue import AzureJobQueue, parse_job
 
 logger = logging.getLogger("flowcraft.azure")
@@ -83,8 +84,14 @@ class AzureQueueAdapter:
             evaluator=opts.evaluator, event_bus=opts.event_bus, middleware=opts.middleware,
             dependencies=opts.dependencies, options=opts.engine,
         )
+        if self.engine.fault_hook is None:
+            # Off unless FLOWCRAFT_FAULT_CRASH_AT is set (reliability tests crash workers on purpose).
+            self.engine.fault_hook = fault_hook_from_env()
         self.worker_options = worker_options or WorkerOptions()
         self._stopping = asyncio.Event()
+        # Set when this process enqueued jobs (a finished job's successors, a started run): the poller
+        # then ends its idle pause at once instead of sleeping up to max_poll_interval.
+        self._wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self.processed = 0
@@ -93,7 +100,9 @@ class AzureQueueAdapter:
     async def start_run(self, blueprint_id: str, context: Mapping[str, Any] | None = None,
                         run_id: str | None = None) -> str:
         """Create a run and enqueue its start nodes; returns the run id."""
-        return await self.engine.start_run(blueprint_id, context, run_id)
+        run_id = await self.engine.start_run(blueprint_id, context, run_id)
+        self._wake.set()
+        return run_id
 
     async def reconcile(self, run_id: str) -> int:
         """Re-enqueue what a stalled run should be doing; returns how many jobs were enqueued."""
@@ -137,24 +146,28 @@ class AzureQueueAdapter:
         return status
 
     # ------------------------------------------------------------------ jobs
-    async def handle_job(self, job: Job | Mapping[str, Any]) -> JobOutcome:
-        """Execute one job (a Job or its message dict)."""
+    async def handle_job(self, job: Job | Mapping[str, Any], *, delivery_id: str | None = None) -> JobOutcome:
+        """Execute one job (a Job or its message dict); delivery_id is the queue message's id, if known."""
         if not isinstance(job, Job):
             import json
 
             job = parse_job(json.dumps(dict(job)))
-        outcome = await self.engine.handle_job(job)
+        outcome = await self.engine.handle_job(job, delivery_id=delivery_id)
         self.processed += 1
         await self.engine.events.emit({"type": "job:processed", "payload": {
             **job.to_dict(), "status": outcome.status}})
         return outcome
 
     async def handle_message(self, body: bytes | str, *, dequeue_count: int = 1,
-                             base64_encoded: bool = False) -> JobOutcome:
-        """Parse and execute one queue message; InvalidJobError when it is not a job of ours."""
+                             base64_encoded: bool = False, message_id: str | None = None) -> JobOutcome:
+        """Parse and execute one queue message; InvalidJobError when it is not a job of ours.
+
+        Pass the message's id when known: a join's redelivered message then takes back the execution
+        claim of its crashed first delivery at once instead of waiting for the claim to expire.
+        """
         job = parse_job(body, base64_encoded=base64_encoded)
         job.attempt = max(job.attempt, dequeue_count)
-        return await self.handle_job(job)
+        return await self.handle_job(job, delivery_id=message_id)
 
     async def fail_poisoned(self, body: bytes | str, *, base64_encoded: bool = False,
                             dequeue_count: int | None = None) -> str | None:
@@ -206,6 +219,7 @@ class AzureQueueAdapter:
             if free <= 0:
                 await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
                 continue
+            self._wake.clear()  # a job enqueued from here on makes the next idle pause end early
             try:
                 messages = []
                 batch = min(32, free)
@@ -219,8 +233,10 @@ class AzureQueueAdapter:
                 idle_delay = min(opts.max_poll_interval, idle_delay * 2)
                 continue
             if not messages:
-                await self._sleep(idle_delay)
-                idle_delay = min(opts.max_poll_interval, idle_delay * 2)
+                if await self._sleep(idle_delay, wake=True):
+                    idle_delay = 0.1
+                else:
+                    idle_delay = min(opts.max_poll_interval, idle_delay * 2)
                 continue
             idle_delay = 0.1
             for msg in messages:
@@ -228,9 +244,17 @@ class AzureQueueAdapter:
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+    async def _sleep(self, seconds: float, *, wake: bool = False) -> bool:
+        """Pause until stop() or the timeout (or, with wake, a local enqueue); True when woken early."""
+        waiters = [asyncio.ensure_future(self._stopping.wait())]
+        if wake:
+            waiters.append(asyncio.ensure_future(self._wake.wait()))
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return bool(done)
 
     async def _process(self, msg: Any) -> None:
         opts = self.worker_options
@@ -254,7 +278,9 @@ class AzureQueueAdapter:
         job.attempt = max(job.attempt, msg.dequeue_count)
         keeper = asyncio.create_task(self._keep_alive(msg, job))
         try:
-            outcome = await self.handle_job(job)
+            outcome = await self.handle_job(job, delivery_id=msg.id)
+            if outcome.enqueued:
+                self._wake.set()
         except InvalidJobError as exc:
             keeper.cancel()
             logger.error("job %s rejected: %s; moving it to the poison queue", job.to_dict(), exc)
