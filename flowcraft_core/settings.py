@@ -38,6 +38,9 @@ class Settings(BaseModel):
     visibility_timeout: int = Field(default=60, ge=5, le=3600, alias="FLOWCRAFT_VISIBILITY_TIMEOUT")
     create_resources: bool = Field(default=False, alias="FLOWCRAFT_CREATE_RESOURCES")
     max_request_bytes: int = Field(default=1_048_576, ge=1024, alias="FLOWCRAFT_MAX_REQUEST_BYTES")
+    # Only the local host (scripts.devhost) reads this: on Azure the Functions host checks its
+    # own function keys. The default is a well-known value for local development, not a secret.
+    function_key: str = Field(default="local-dev-key", min_length=1, alias="FLOWCRAFT_FUNCTION_KEY")
 
     @field_validator("queue_name")
     @classmethod

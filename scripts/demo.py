@@ -71,7 +71,7 @@ def main() -> int:
         port = free_port()
         env = {**os.environ, **emu.env(), "FLOWCRAFT_CREATE_RESOURCES": "true",
                "FLOWCRAFT_FUNCTION_KEY": FUNCTION_KEY, "PYTHONPATH": str(ROOT)}
-        host = subprocess.Popen([sys.executable, "-m", "flowcraft_core.devhost", "--port", str(port)],
+        host = subprocess.Popen([sys.executable, "-m", "scripts.devhost", "--port", str(port)],
                                 cwd=ROOT, env=env, start_new_session=True)
         try:
             base = f"http://127.0.0.1:{port}/api"

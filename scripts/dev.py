@@ -36,7 +36,7 @@ def main() -> int:
         print(f"try: curl -s -X POST localhost:{args.port}/api/runs -H 'x-functions-key: {key}' "
               "-d '{\"blueprintId\":\"400\",\"context\":{\"userId\":\"user-456\",\"userPost\":\"my email is "
               "a@b.com\"}}'", flush=True)
-        host = subprocess.Popen([sys.executable, "-m", "flowcraft_core.devhost", "--port", str(args.port)],
+        host = subprocess.Popen([sys.executable, "-m", "scripts.devhost", "--port", str(args.port)],
                                 cwd=ROOT, env=env)
         try:
             return host.wait()

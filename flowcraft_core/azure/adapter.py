@@ -48,6 +48,9 @@ class WorkerOptions:
     max_poll_interval: float = 2.0
     # Deliveries of one message before it goes to the poison queue (the Functions host default is 5).
     max_dequeue_count: int = 5
+    # While a job runs, its run's lastUpdated is refreshed this often (keep it well below the reconciler's
+    # stalled threshold) and cancellation is checked.
+    heartbeat_seconds: float = 30.0
 
 
 class AzureQueueAdapter:
@@ -152,7 +155,13 @@ class AzureQueueAdapter:
             import json
 
             job = parse_job(json.dumps(dict(job)))
-        outcome = await self.engine.handle_job(job, delivery_id=delivery_id)
+        heartbeat = asyncio.create_task(self._heartbeat(job))
+        try:
+            outcome = await self.engine.handle_job(job, delivery_id=delivery_id)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
         self.processed += 1
         await self.engine.events.emit({"type": "job:processed", "payload": {
             **job.to_dict(), "status": outcome.status}})
@@ -301,9 +310,8 @@ class AzureQueueAdapter:
                      time.monotonic() - started)
 
     async def _keep_alive(self, msg: Any, job: Job) -> None:
-        # A long node must not reappear on the queue while it runs, and its run must not look stalled
-        # to the reconciler: extend the message's invisibility and refresh the run's lastUpdated. The
-        # refreshed status also tells us if the run was cancelled meanwhile.
+        # A long node must not reappear on the queue while it runs (the Functions host does this for its
+        # own trigger; the standalone worker must do it itself).
         vt = self.worker_options.visibility_timeout
         while True:
             await asyncio.sleep(max(1.0, vt / 2))
@@ -312,6 +320,14 @@ class AzureQueueAdapter:
                 msg.pop_receipt = receipt.pop_receipt
             except Exception as exc:
                 logger.warning("could not extend visibility of message %s: %s", msg.id, exc)
+
+    async def _heartbeat(self, job: Job) -> None:
+        # A run whose node runs longer than the stalled threshold must not look stalled to the
+        # reconciler (which would enqueue the node again): refresh lastUpdated while it runs. The status
+        # read also tells the node if its run was cancelled or failed elsewhere meanwhile.
+        interval = self.worker_options.heartbeat_seconds
+        while True:
+            await asyncio.sleep(interval)
             try:
                 await self.status_store.touch(job.run_id)
                 status = await self.status_store.get(job.run_id)

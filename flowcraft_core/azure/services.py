@@ -79,7 +79,8 @@ async def build_services(settings: Settings, *, registry: Mapping[str, Any] | No
         cosmos_database_name=settings.cosmos_database, context_container_name=settings.cosmos_context_container,
         status_container_name=settings.cosmos_status_container, runtime_options=options,
         worker_options=WorkerOptions(concurrency=settings.worker_concurrency,
-                                     visibility_timeout=settings.visibility_timeout),
+                                     visibility_timeout=settings.visibility_timeout,
+                                     heartbeat_seconds=min(30.0, settings.stalled_threshold_seconds / 3)),
         poison_queue_client=poison,
     )
     reconciler = create_azure_reconciler(adapter=adapter,

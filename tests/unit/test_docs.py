@@ -45,7 +45,7 @@ def test_readme_defaults_are_the_code_defaults() -> None:
 
 def test_readme_routes_exist_in_the_function_app() -> None:
     import function_app
-    from flowcraft_core.devhost import hosted_functions
+    from scripts.devhost import hosted_functions
 
     routes = {str(fn.trigger["route"]) for fn in hosted_functions(function_app.app)
               if fn.trigger["type"] == "httpTrigger"}
