@@ -71,8 +71,13 @@ def main() -> int:
         port = free_port()
         env = {**os.environ, **emu.env(), "FLOWCRAFT_CREATE_RESOURCES": "true",
                "FLOWCRAFT_FUNCTION_KEY": FUNCTION_KEY, "PYTHONPATH": str(ROOT)}
+        # The host's own log would drown the demo's few lines: keep it in a file and point at it on failure.
+        log_path = ROOT / ".emulators" / "demo-host.log"
+        log_path.parent.mkdir(exist_ok=True)
+        log = log_path.open("w")
         host = subprocess.Popen([sys.executable, "-m", "scripts.devhost", "--port", str(port)],
-                                cwd=ROOT, env=env, start_new_session=True)
+                                cwd=ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+        print(f"demo: app log in {log_path.relative_to(ROOT)}", flush=True)
         try:
             base = f"http://127.0.0.1:{port}/api"
             wait_for(lambda: call("GET", f"{base}/health")[0] == 200, 60, "the app to answer /api/health")
@@ -103,6 +108,7 @@ def main() -> int:
                 host.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(host.pid, signal.SIGKILL)
+            log.close()
 
 
 if __name__ == "__main__":
