@@ -294,6 +294,7 @@ class Engine:
             record = await self._execute(state, graph, node, job)
             executed = True
             await self._checkpoint("after-execute", job.run_id, job.node_id)
+            record.delivery = delivery_id
             record, new = await self.run_store.commit(job.run_id, record)
             await self._checkpoint("after-commit", job.run_id, job.node_id)
             replay = not new
@@ -316,6 +317,13 @@ class Engine:
             await self._enqueue(job, delay_seconds=record.wake_at - time.time())
             return JobOutcome("sleeping", job.run_id, job.node_id, f"until {record.wake_at:.3f}",
                               executed=executed)
+        if replay and record.delivery is not None and record.delivery != delivery_id and record.wake_at is None:
+            # Another message committed this record, and that message routes it: if its worker died
+            # first, its redelivery (same message id) routes it then. Routing again here would enqueue
+            # successors that do not have a record yet a second time, and their duplicates would do the
+            # same further down: duplicates would multiply along the graph. (A sleep's record is routed
+            # by its wake-up message instead; the reconciler routes every record whoever committed it.)
+            return JobOutcome("completed", job.run_id, job.node_id, "duplicate delivery", executed=executed)
         enqueued = await self._route(state, graph, node, record, eager=replay)
         return JobOutcome("completed", job.run_id, job.node_id, "replayed" if replay else "",
                           enqueued=enqueued, executed=executed)
@@ -651,6 +659,8 @@ def _is_join(graph: CompiledGraph, node: NodeDefinition) -> bool:
 def _scheduled(state: RunState, graph: CompiledGraph, node_id: str, iteration: int = 0) -> bool:
     """True when the run can have scheduled this node: a start node, a dynamic node (or its gather) of a
     stored record, or the target of a route a stored record took. O(records); only for first executions."""
+    if iteration != 0 and node_id in graph.nodes and not graph.in_cycle(node_id):
+        return False  # only nodes of a loop run in iterations other than 0
     if not graph.in_edges.get(node_id) or node_id in entry_node_ids(graph):
         return True
     # Fast path, O(in-degree): the record of a predecessor in this iteration (or the previous one, for a

@@ -31,6 +31,9 @@ class CompiledGraph:
     reachable_terminals: frozenset[str] = frozenset()
     # The blueprint's version, computed once: hashing the whole blueprint on every job was O(nodes).
     version: str = ""
+    # For each source, the positions of its out-edges by target: a node's routes are stored in its
+    # out-edge order, so the route to a target can be found without scanning them all.
+    out_positions: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
     def is_back_edge(self, edge: EdgeDefinition) -> bool:
         """True when taking this edge starts a new loop iteration."""
@@ -183,7 +186,17 @@ def compile_graph(bp: WorkflowBlueprint) -> CompiledGraph:
         forward_predecessors=fwd_preds,
         reachable_terminals=reachable_terminals,
         version=bp.version,
+        out_positions=_out_positions(out_edges),
     )
+
+
+def _out_positions(out_edges: dict[str, list[EdgeDefinition]]) -> dict[str, dict[str, list[int]]]:
+    positions: dict[str, dict[str, list[int]]] = {}
+    for source, edges in out_edges.items():
+        by_target = positions.setdefault(source, {})
+        for i, edge in enumerate(edges):
+            by_target.setdefault(edge.target, []).append(i)
+    return positions
 
 
 def _reachable(roots: list[str], succ: dict[str, list[str]]) -> set[str]:

@@ -57,6 +57,9 @@ class NodeRecord:
     attempts: int = 1
     # Commit order (nanoseconds); folding the context applies records in this order.
     seq: int = 0
+    # The queue message whose delivery committed the record (None in process): only that message (or
+    # its redelivery) routes the record, so duplicates of it do not fan out duplicates downstream.
+    delivery: str | None = None
 
     @property
     def key(self) -> str:
@@ -83,6 +86,8 @@ class NodeRecord:
             data["error"] = self.error
         if self.wake_at is not None:
             data["wakeAt"] = self.wake_at
+        if self.delivery is not None:
+            data["delivery"] = self.delivery
         return data
 
     @classmethod
@@ -102,6 +107,7 @@ class NodeRecord:
             wake_at=data.get("wakeAt"),
             attempts=int(data.get("attempts", 1)),
             seq=int(data.get("seq", 0)),
+            delivery=data.get("delivery"),
         )
 
 

@@ -36,6 +36,7 @@ from azure.cosmos.exceptions import (
 
 from ..errors import RunStateError
 from ..protocols import FINAL_STATUSES, NodeRecord, RunHeader, RunState, RunStatus, fold_context
+from .retry import RetryPolicy, retry_transient
 
 logger = logging.getLogger("flowcraft.cosmos")
 
@@ -78,6 +79,9 @@ def _container(client: CosmosClient, database: str, container: str) -> Container
 class CosmosRunStore:
     """RunStore over the contexts container."""
 
+    # Transient Cosmos failures are retried per method (see retry.py); None means the default policy.
+    retry_policy: RetryPolicy | None = None
+
     def __init__(self, container: ContainerProxy, counter: RequestCounter | None = None) -> None:
         self.container = container
         self.counter = counter or RequestCounter()
@@ -88,6 +92,7 @@ class CosmosRunStore:
         """Build from a client and names."""
         return cls(_container(client, database, container), counter)
 
+    @retry_transient("cosmos.create_run")
     async def create_run(self, header: RunHeader) -> None:
         """Create the run's header item; RunStateError when the run id is taken."""
         body = {"id": HEADER_ID, "runId": header.run_id, "kind": "header", "blueprintId": header.blueprint_id,
@@ -99,6 +104,7 @@ class CosmosRunStore:
         except CosmosResourceExistsError:
             raise RunStateError(f"run {header.run_id!r} already exists") from None
 
+    @retry_transient("cosmos.load")
     async def load(self, run_id: str) -> RunState | None:
         """Read every item of the run (one single-partition query) and fold the context."""
         header: dict[str, Any] | None = None
@@ -165,6 +171,7 @@ class CosmosRunStore:
                         "data": part} for i, part in enumerate(parts)]
         return {**base, "chunks": len(parts)}, chunk_items
 
+    @retry_transient("cosmos.commit")
     async def commit(self, run_id: str, record: NodeRecord) -> tuple[NodeRecord, bool]:
         """Create the record's item (after its chunks, if any); on conflict return the stored one."""
         record.seq = time.time_ns()
@@ -198,6 +205,7 @@ class CosmosRunStore:
             return NodeRecord.from_dict(json.loads("".join(parts)))
         return NodeRecord.from_dict(item["record"])
 
+    @retry_transient("cosmos.replace")
     async def replace(self, run_id: str, record: NodeRecord, *, expected_status: str) -> bool:
         """Overwrite a record guarded by its ETag while its status is expected_status."""
         item_id = record_item_id(record.key)
@@ -221,11 +229,13 @@ class CosmosRunStore:
             return False
         return True
 
+    @retry_transient("cosmos.mark")
     async def mark(self, run_id: str, marker: Literal["cancelled", "failed"], data: dict[str, Any]) -> None:
         """Write a control marker item (idempotent upsert)."""
         self.counter.add("upsert")
         await self.container.upsert_item({"id": marker, "runId": run_id, "kind": "marker", **data})
 
+    @retry_transient("cosmos.delete_run")
     async def delete_run(self, run_id: str) -> int:
         """Delete every item of a run (housekeeping); returns how many."""
         n = 0
@@ -240,6 +250,8 @@ class CosmosRunStore:
 class CosmosStatusStore:
     """StatusStore over the statuses container: one item per run, id = runId."""
 
+    retry_policy: RetryPolicy | None = None
+
     def __init__(self, container: ContainerProxy, counter: RequestCounter | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.container = container
@@ -252,6 +264,7 @@ class CosmosStatusStore:
         """Build from a client and names."""
         return cls(_container(client, database, container), counter)
 
+    @retry_transient("cosmos.create_status")
     async def create(self, run_id: str, blueprint_id: str, created_at: float) -> None:
         """Create the running status item; RunStateError when it exists."""
         self.counter.add("create")
@@ -262,8 +275,12 @@ class CosmosStatusStore:
         except CosmosResourceExistsError:
             raise RunStateError(f"run {run_id!r} already exists") from None
 
+    @retry_transient("cosmos.get_status")
     async def get(self, run_id: str) -> dict[str, Any] | None:
         """Point-read the status item."""
+        return await self._read(run_id)
+
+    async def _read(self, run_id: str) -> dict[str, Any] | None:
         self.counter.add("read")
         try:
             item: dict[str, Any] = await self.container.read_item(run_id, partition_key=run_id)
@@ -271,6 +288,7 @@ class CosmosStatusStore:
             return None
         return item
 
+    @retry_transient("cosmos.touch")
     async def touch(self, run_id: str) -> None:
         """Patch lastUpdated only (a partial update, not a rewrite of the item)."""
         self.counter.add("patch")
@@ -283,7 +301,7 @@ class CosmosStatusStore:
     async def _conditional_update(self, run_id: str, change: Callable[[dict[str, Any]], bool]) -> bool:
         # Read, change, replace with If-Match; another writer in between makes us read again.
         for _ in range(10):
-            item = await self.get(run_id)
+            item = await self._read(run_id)
             if item is None:
                 return False
             if not change(item):
@@ -297,6 +315,7 @@ class CosmosStatusStore:
                 continue
         raise RunStateError(f"status item of run {run_id!r} kept changing under us")
 
+    @retry_transient("cosmos.set_status")
     async def set_status(self, run_id: str, status: RunStatus, *, reason: str | None = None,
                          extra: dict[str, Any] | None = None) -> bool:
         """Set running/awaiting unless the run is final."""
@@ -310,6 +329,7 @@ class CosmosStatusStore:
 
         return await self._conditional_update(run_id, change)
 
+    @retry_transient("cosmos.finalize")
     async def finalize(self, run_id: str, status: RunStatus, *, result: dict[str, Any] | None = None,
                        reason: str | None = None) -> bool:
         """Write the final status once, guarded by the item's ETag."""
@@ -326,6 +346,7 @@ class CosmosStatusStore:
 
         return await self._conditional_update(run_id, change)
 
+    @retry_transient("cosmos.list_stalled")
     async def list_stalled(self, older_than: float, limit: int = 100) -> list[str]:
         """Running runs whose lastUpdated is older than the given epoch seconds (cross-partition query)."""
         self.counter.add("query")

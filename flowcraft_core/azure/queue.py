@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..engine import RUN_ID_PATTERN
 from ..errors import InvalidJobError
 from ..protocols import Job
+from .retry import RetryPolicy, retry_transient
 
 # Storage Queues accept visibility timeouts up to 7 days; a longer sleep is re-enqueued on wake-up.
 MAX_DELAY_SECONDS = 7 * 24 * 3600 - 60
@@ -82,10 +83,14 @@ class AzureJobQueue:
     that is not base64 as a bad message, instead of failing the whole receive call.
     """
 
+    # Transient send failures are retried (a retried send may duplicate a job: delivery is at least once).
+    retry_policy: RetryPolicy | None = None
+
     def __init__(self, queue_client: QueueClient) -> None:
         self.client = queue_client
         self.sent = 0
 
+    @retry_transient("queue.enqueue")
     async def enqueue(self, job: Job, *, delay_seconds: float = 0) -> None:
         """Send the job, visible after delay_seconds (rounded up to whole seconds)."""
         delay = min(MAX_DELAY_SECONDS, max(0, math.ceil(delay_seconds)))

@@ -8,13 +8,18 @@ atomic across workers and replayable after a crash.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, cast
 
 from redis.asyncio import Redis
 
 from ..protocols import GateDecision
+from .retry import RetryPolicy, retry_transient
 
-# KEYS: gate hash, decision key, run key set. ARGV: member, done (0/1), expected, strategy, ttl.
+# KEYS: gate hash, decision key, run key set. ARGV: member, done (0/1), expected, strategy, ttl, call token.
+# The decision is stored with the token of the call that took it ("fire|<token>"): when that call's
+# reply is lost and it is retried, the retry is told "first" again and still enqueues the join, while
+# any other arrival (a duplicate delivery) is not.
 _ARRIVE = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur ~= '1' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
@@ -23,7 +28,12 @@ redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('SADD', KEYS[3], KEYS[1], KEYS[2])
 redis.call('EXPIRE', KEYS[3], ttl)
 local decided = redis.call('GET', KEYS[2])
-if decided then return {decided, 0} end
+if decided then
+  local d, by = string.match(decided, '^(%a+)|(.*)$')
+  if d == nil then return {decided, 0} end
+  if by == ARGV[6] then return {d, 1} end
+  return {d, 0}
+end
 local vals = redis.call('HVALS', KEYS[1])
 local anydone = false
 for _, v in ipairs(vals) do if v == '1' then anydone = true end end
@@ -35,7 +45,7 @@ elseif #vals >= expected then
   if anydone then decision = 'fire' else decision = 'skip' end
 end
 if decision == 'wait' then return {'wait', 0} end
-redis.call('SET', KEYS[2], decision, 'EX', ttl)
+redis.call('SET', KEYS[2], decision .. '|' .. ARGV[6], 'EX', ttl)
 return {decision, 1}
 """
 
@@ -57,7 +67,13 @@ class CommandCounter:
 
 
 class RedisCoordinationStore:
-    """CoordinationStore on Redis (works with redis:// and rediss://, as Azure Cache for Redis needs)."""
+    """CoordinationStore on Redis (works with redis:// and rediss://, as Azure Cache for Redis needs).
+
+    Every method but ``increment`` is idempotent and retries connection errors and timeouts (retry.py);
+    a bare INCR is not, so it is never retried.
+    """
+
+    retry_policy: RetryPolicy | None = None
 
     def __init__(self, redis_client: Redis, *, prefix: str = "flowcraft",
                  counter: CommandCounter | None = None) -> None:
@@ -83,21 +99,25 @@ class RedisCoordinationStore:
         value, _ = await pipe.execute()
         return int(value)
 
+    @retry_transient("redis.set_if_not_exist")
     async def set_if_not_exist(self, key: str, value: str, ttl_seconds: int) -> bool:
         """SET NX EX: a lock."""
         self.counter.count += 1
         return bool(await self.redis.set(key, value, nx=True, ex=ttl_seconds))
 
+    @retry_transient("redis.extend_ttl")
     async def extend_ttl(self, key: str, ttl_seconds: int) -> bool:
         """EXPIRE; False when the key is gone."""
         self.counter.count += 1
         return bool(await self.redis.expire(key, ttl_seconds))
 
+    @retry_transient("redis.delete")
     async def delete(self, key: str) -> None:
         """DEL."""
         self.counter.count += 1
         await self.redis.delete(key)
 
+    @retry_transient("redis.get")
     async def get(self, key: str) -> str | None:
         """GET."""
         self.counter.count += 1
@@ -109,17 +129,24 @@ class RedisCoordinationStore:
         """Record an arrival at a join gate and return its decision (see CoordinationStore.arrive)."""
         run_id, _, rest = gate.partition("|")
         keys = [self._key(run_id, "gate", rest), self._key(run_id, "decision", rest), self._run_keys(run_id)]
-        self.counter.count += 1
-        raw = await self._arrive(keys=keys, args=[member, "1" if done else "0", expected, strategy, ttl_seconds])
-        decision, first = cast(list[Any], raw)
+        # One token per call, shared by its retries (see _ARRIVE).
+        args: list[Any] = [member, "1" if done else "0", expected, strategy, ttl_seconds, uuid.uuid4().hex]
+        decision, first = await self._arrive_call(keys, args)
         return cast(GateDecision, str(decision)), bool(int(first))
 
+    @retry_transient("redis.arrive")
+    async def _arrive_call(self, keys: list[str], args: list[Any]) -> list[Any]:
+        self.counter.count += 1
+        return cast(list[Any], await self._arrive(keys=keys, args=args))
+
+    @retry_transient("redis.resolve_terminal")
     async def resolve_terminal(self, run_id: str, member: str, expected: int, ttl_seconds: int) -> bool:
         """Add a terminal node to the run's ended set; True once all expected have ended."""
         self.counter.count += 1
         keys = [self._key(run_id, "terminals"), self._run_keys(run_id)]
         return bool(int(await self._terminal(keys=keys, args=[member, expected, ttl_seconds])))
 
+    @retry_transient("redis.forget_run")
     async def forget_run(self, run_id: str) -> None:
         """Delete every key the run created (gates, decisions, terminal set)."""
         self.counter.count += 1

@@ -1,0 +1,170 @@
+"""The HTTP API against its own OpenAPI document, and function keys on every route that needs one.
+
+A local Functions host (``scripts.devhost``, in a subprocess, on the emulators) serves ``function_app.py``.
+Schemathesis generates requests from ``flowcraft_core.openapi.openapi_document()`` — valid ones and
+deliberately invalid ones — and sends them with a function key: no answer may be a 5xx, and every answer
+must be a status, content type, headers and body that the document declares for that operation.
+
+Then, for every HTTP binding of the app: a request without a key (or with a wrong one) is refused with
+401 when the binding's auth level is ``function``/``admin``, and only read-only probes are anonymous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import schemathesis
+from azure.core.exceptions import ResourceNotFoundError
+from hypothesis import HealthCheck, settings
+from schemathesis import DataGenerationMethod
+
+from flowcraft_core.azure.clients import make_cosmos_client, make_queue_client
+from flowcraft_core.azure.emulators import Emulators, free_port
+from flowcraft_core.openapi import openapi_document
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = int(os.environ.get("FLOWCRAFT_SCHEMATHESIS_EXAMPLES", "25"))
+
+# The document is OpenAPI 3.1 (JSON Schema 2020-12): schemathesis 3.x supports it behind this switch.
+schemathesis.experimental.OPEN_API_3_1.enable()
+schema = schemathesis.from_dict(openapi_document(), data_generation_methods=[DataGenerationMethod.positive,
+                                                                              DataGenerationMethod.negative])
+
+
+@dataclass(frozen=True)
+class Host:
+    url: str
+    key: str
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def devhost(emulators: Emulators, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
+    """The app on a local Functions host (subprocess) over this module's own queue and database."""
+    token = uuid.uuid4().hex[:12]
+    port = free_port()
+    key = secrets.token_urlsafe(24)
+    queue, database = f"http-{token}", f"http-{token}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWCRAFT_")}
+    env.update(emulators.env())
+    env.update({"FLOWCRAFT_QUEUE_NAME": queue, "COSMOS_DB_DATABASE": database, "FLOWCRAFT_CREATE_RESOURCES": "true",
+                "FLOWCRAFT_FUNCTION_KEY": key, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"})
+    log_path = tmp_path_factory.mktemp("devhost") / "devhost.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "scripts.devhost", "--port", str(port),
+                                 "--settings-file", str(log_path.parent / "none.json"),
+                                 "--max-polling-interval", "1"],
+                                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    host = Host(f"http://127.0.0.1:{port}", key, log_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{host.url}/api/health", timeout=5) as response:  # noqa: S310
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "the local host did not become healthy"
+            time.sleep(0.2)
+        yield host
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        asyncio.run(_cleanup(emulators, queue, database))
+
+
+async def _cleanup(emulators: Emulators, queue: str, database: str) -> None:
+    for name in (queue, f"{queue}-poison"):
+        async with make_queue_client(emulators.queue_connection_string, name) as qc:
+            with contextlib.suppress(ResourceNotFoundError):
+                await qc.delete_queue()
+    async with make_cosmos_client(emulators.cosmos_connection_string, verify_tls=False) as cc:
+        with contextlib.suppress(ResourceNotFoundError):
+            await cc.delete_database(database)
+
+
+@pytest.mark.slow
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.filter_too_much])
+def test_every_answer_matches_the_openapi_document(case: schemathesis.Case, devhost: Host) -> None:
+    response = case.call(base_url=f"{devhost.url}/api", headers={"x-functions-key": devhost.key}, timeout=30)
+    assert response.status_code < 500, (case.method, case.formatted_path, case.body, response.text[:500])
+    case.validate_response(response)
+
+
+def _bindings() -> list[dict[str, str]]:
+    import function_app
+    from scripts.devhost import hosted_functions
+
+    found = []
+    for fn in hosted_functions(function_app.app):
+        if fn.kind != "httpTrigger":
+            continue
+        for method in fn.trigger.get("methods") or ["GET"]:
+            found.append({"name": fn.name, "route": str(fn.trigger["route"]), "method": str(method).upper(),
+                          "auth": str(fn.trigger.get("authLevel") or "function").lower()})
+    return found
+
+
+def _call(url: str, method: str, headers: dict[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, method=method, data=b"{}" if method != "GET" else None,  # noqa: S310
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_mutating_routes_require_a_function_key_and_the_document_agrees() -> None:
+    bindings = _bindings()
+    assert bindings
+    for b in bindings:
+        if b["method"] not in ("GET", "HEAD", "OPTIONS"):
+            assert b["auth"] in ("function", "admin"), b
+    anonymous = {(b["route"], b["method"]) for b in bindings if b["auth"] == "anonymous"}
+    assert anonymous <= {("health", "GET"), ("openapi.json", "GET")}, anonymous
+    doc = openapi_document()
+    documented_anonymous = {(path.lstrip("/"), method.upper()) for path, ops in doc["paths"].items()
+                            for method, op in ops.items() if op.get("security") == []}
+    assert documented_anonymous == anonymous
+
+
+@pytest.mark.slow
+def test_routes_refuse_requests_without_the_right_key(devhost: Host) -> None:
+    for b in _bindings():
+        path = b["route"].replace("{runId}", "some-run").replace("{nodeId}", "some-node").replace("{id}", "some-id")
+        url = f"{devhost.url}/api/{path}"
+        without = _call(url, b["method"])
+        wrong = _call(url, b["method"], {"x-functions-key": "not-" + devhost.key})
+        wrong_query = _call(f"{url}?code=nope", b["method"])
+        if b["auth"] == "anonymous":
+            assert 401 not in (without, wrong, wrong_query), (b, without, wrong)
+        else:
+            assert (without, wrong, wrong_query) == (401, 401, 401), b
+            with_key = _call(url, b["method"], {"x-functions-key": devhost.key})
+            assert with_key != 401, b
+            assert with_key < 500, (b, with_key, json.dumps(b))
