@@ -98,8 +98,11 @@ async def test_hostile_messages_are_poisoned_with_a_clear_reason_and_touch_no_ru
         await wait_until(all_poisoned, timeout=30, interval=0.2, message="every hostile message poisoned")
         poisoned = [m.content async for m in poison.receive_messages(messages_per_page=32, max_messages=64)]
     assert sorted(poisoned) == sorted(hostile.values())  # each exactly once, as sent
-    main = await raw_queue.get_queue_properties()
-    assert main.approximate_message_count == 1  # only the victim's own job (`left`, still running) remains
+    async def only_the_victims_job_left() -> bool:
+        # Only the victim's own job (`left`, still running) remains: nothing hostile is left to loop.
+        return (await raw_queue.get_queue_properties()).approximate_message_count == 1
+
+    await wait_until(only_the_victims_job_left, timeout=10, message="main queue drained")
 
     # Every one got an ERROR line saying what was wrong with it (never a traceback of a crash).
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("flowcraft")]
