@@ -14,15 +14,16 @@ idempotent, so a job delivered twice, or a worker killed between two steps, chan
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -56,6 +57,7 @@ from .protocols import (
 from .routing import plan_routes
 
 logger = logging.getLogger("flowcraft.engine")
+T = TypeVar("T")
 
 # Cosmos DB item ids may not contain / \ ? # and must stay short; we keep run ids to a safe alphabet.
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}$")
@@ -101,6 +103,8 @@ class EngineOptions:
     # How long a delivery's claim on executing a join lasts (see Engine._claim_join). A crashed
     # holder's own redelivery reclaims at once; other deliveries wait this long (or the reconciler).
     claim_ttl_seconds: int = 300
+    # Pauses before re-reading a run whose snapshot does not yet show the record that scheduled a job.
+    stale_read_retry_delays: tuple[float, ...] = (0.05, 0.2, 0.5)
     # Fault injection for reliability tests (flowcraft_core.azure.faults); never set in production.
     fault_hook: FaultHook | None = None
 
@@ -280,6 +284,10 @@ class Engine:
         executed = False
         if record is None:
             if not _scheduled(state, graph, node.id, job.iteration):
+                # A replica that has not yet seen the predecessor's commit (Cosmos DB reads across
+                # sessions may lag by milliseconds) looks the same as a forged job: read again first.
+                state = await self._reload_until_scheduled(state, graph, node.id, job)
+            if not _scheduled(state, graph, node.id, job.iteration):
                 # Only a stored record (or the run's start) schedules a node; a job naming a node that
                 # nothing routed to (a forged or misrouted message, a branch not taken) must not run it.
                 raise InvalidJobError(f"run {job.run_id!r} did not schedule node {job.node_id!r}: no stored "
@@ -450,9 +458,9 @@ class Engine:
         if record.dynamic_nodes:
             # Batch workers lead to their gather node; other dynamic nodes are an expansion of this
             # node, and its own edges are taken once all of them finished (see below).
-            for dyn in record.dynamic_nodes:
-                if not (eager and state.record(dyn["id"], it) is not None):
-                    enqueued.append(await self._enqueue(Job(run_id, state.header.blueprint_id, dyn["id"], it)))
+            jobs = [Job(run_id, state.header.blueprint_id, dyn["id"], it) for dyn in record.dynamic_nodes
+                    if not (eager and state.record(dyn["id"], it) is not None)]
+            enqueued.extend(await _bounded(self._enqueue(job) for job in jobs))
             return enqueued
         if "gatherNodeId" in extra and node.id not in graph.nodes:
             gather = str(extra["gatherNodeId"])
@@ -487,18 +495,21 @@ class Engine:
             key = (route.target, route.kind)
             merged[key] = merged.get(key, False) or route.taken
         loop_ended = False
+        steps: list[Awaitable[Any]] = []
         for (target, kind), taken in merged.items():
             if kind == "back":
                 if taken:
                     job = Job(run_id, state.header.blueprint_id, target, it + 1, via=node.id)
                     if not (eager and state.record(target, it + 1) is not None):
-                        enqueued.append(await self._enqueue(job))
+                        steps.append(self._enqueue_into(enqueued, job))
                 continue
             if kind == "exit":
                 if taken:
-                    await self._arrive(state, graph, target, 0, node.id, True, enqueued, eager=eager)
+                    steps.append(self._arrive(state, graph, target, 0, node.id, True, enqueued, eager=eager))
                 continue
-            await self._arrive(state, graph, target, it, node.id, taken, enqueued, eager=eager)
+            steps.append(self._arrive(state, graph, target, it, node.id, taken, enqueued, eager=eager))
+        # Targets are independent: a wide fan-out sends its messages concurrently instead of one by one.
+        await _bounded(steps)
         if graph.in_cycle(node.id) and not any(
             taken for (_t, kind), taken in merged.items() if kind == "back"
         ) and any(kind == "back" for (_t, kind) in merged):
@@ -601,6 +612,9 @@ class Engine:
             logger.warning("run %s failed: %s", run_id, reason)
             await self.coordination.forget_run(run_id)
 
+    async def _enqueue_into(self, enqueued: list[str], job: Job) -> None:
+        enqueued.append(await self._enqueue(job))
+
     async def _enqueue(self, job: Job, *, delay_seconds: float = 0) -> str:
         await self.queue.enqueue(job, delay_seconds=delay_seconds)
         await self._checkpoint("after-enqueue", job.run_id, job.node_id)
@@ -615,6 +629,19 @@ class Engine:
         pending = hook(step, run_id, node_id)
         if pending is not None:
             await pending
+
+    async def _reload_until_scheduled(self, state: RunState, graph: CompiledGraph, node_id: str,
+                                      job: Job) -> RunState:
+        for delay in self.options.stale_read_retry_delays:
+            await asyncio.sleep(delay)
+            fresh = await self.run_store.load(job.run_id)
+            if fresh is None:
+                return state
+            state = fresh
+            if _scheduled(state, graph, node_id, job.iteration):
+                logger.info("run %s: node %s became visible after a stale read", job.run_id, node_id)
+                break
+        return state
 
     async def _claim_join(self, job: Job, delivery_id: str | None) -> bool:
         """Claim the execution of a join for this delivery (one SET NX); True when it may execute."""
@@ -654,6 +681,17 @@ def _is_join(graph: CompiledGraph, node: NodeDefinition) -> bool:
     from .builtins.names import BATCH_GATHER
 
     return len(graph.forward_predecessors.get(node.id, [])) > 1 or node.uses == BATCH_GATHER
+
+
+async def _bounded(steps: Iterable[Awaitable[T]], limit: int = 32) -> list[T]:
+    """Await steps concurrently, at most ``limit`` at a time, in order of results."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(step: Awaitable[T]) -> T:
+        async with gate:
+            return await step
+
+    return list(await asyncio.gather(*(one(step) for step in steps)))
 
 
 def _scheduled(state: RunState, graph: CompiledGraph, node_id: str, iteration: int = 0) -> bool:

@@ -362,7 +362,8 @@ class DevHost:
                 logger.info("  %s: timer %r", fn.name, expression)
                 loops.append((f"timer:{fn.name}", partial(self._timer_loop, fn, next_run)))
         web_app = web.Application(client_max_size=MAX_HTTP_BODY_BYTES)
-        web_app.router.add_route("*", "/{tail:.*}", self._handle_http)
+        # [\s\S] rather than ".": a path with an encoded newline must still reach our JSON 404.
+        web_app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle_http)
         # Requests in progress at shutdown get 10 s to finish.
         self._runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=10.0)
         await self._runner.setup()

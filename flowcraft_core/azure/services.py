@@ -22,8 +22,13 @@ logger = logging.getLogger("flowcraft.azure")
 
 
 def plain_queue_client(connection_string: str, queue_name: str) -> QueueClient:
-    """A queue client without message policies: the adapter encodes and decodes base64 itself."""
-    return QueueClient.from_connection_string(connection_string, queue_name)
+    """A queue client without message policies: the adapter encodes and decodes base64 itself.
+
+    The SDK's own retry starts at a 15 s back-off, which would hide a short outage from our retry policy
+    (flowcraft_core.azure.retry) for about a minute; a short SDK retry leaves the pacing to ours.
+    """
+    return QueueClient.from_connection_string(connection_string, queue_name, retry_total=2,
+                                              retry_backoff_factor=0.5, initial_backoff=1, increment_base=2)
 
 
 @dataclass
