@@ -310,12 +310,15 @@ class DevHost:
 
     def __init__(self, app: func.FunctionApp, *, options: HostOptions | None = None,
                  env: Mapping[str, str] | None = None, function_key: str | None = None,
+                 enforce_keys: bool = True,
                  host: str = "127.0.0.1", port: int = 7071, create_queues: bool = True,
                  on_shutdown: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
         self.app = app
         self.options = options or HostOptions()
         self._env = env
         self.function_key = function_key if function_key is not None else Settings.from_env(self.env).function_key
+        # `func start` ignores auth levels locally; --no-auth does the same for `make dev`.
+        self.enforce_keys = enforce_keys
         self.host = host
         self.port = port
         self.create_queues = create_queues
@@ -496,7 +499,7 @@ class DevHost:
 
     def _authorized(self, fn: HostedFunction, request: web.Request) -> bool:
         level = str(fn.trigger.get("authLevel") or "function").lower()
-        if level == "anonymous":
+        if level == "anonymous" or not self.enforce_keys:
             return True
         key = request.headers.get(FUNCTION_KEY_HEADER) or request.query.get(FUNCTION_KEY_QUERY) or ""
         return hmac.compare_digest(key.encode(), self.function_key.encode())
@@ -748,6 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-create-queues", dest="create_queues", action="store_false",
                         help="do not create missing trigger queues (as the real host)")
     parser.add_argument("--log-level", help="DEBUG, INFO... (default: host.json logging.logLevel.default)")
+    parser.add_argument("--no-auth", dest="enforce_keys", action="store_false",
+                        help="do not require function keys (as `func start` does locally)")
     return parser
 
 
@@ -773,7 +778,9 @@ async def _serve(args: argparse.Namespace, module: Any, app: func.FunctionApp, o
     # function_app exposes its lazily built services; closing them on shutdown avoids unclosed sessions.
     close = getattr(getattr(module, "services", None), "close", None)
     host = DevHost(app, options=options, host=args.host, port=args.port, create_queues=args.create_queues,
-                   on_shutdown=[close] if close is not None else [])
+                   on_shutdown=[close] if close is not None else [], enforce_keys=args.enforce_keys)
+    if not args.enforce_keys:
+        logger.warning("function keys are not enforced (--no-auth), as with `func start`; never expose this port")
     await host.serve_until_signal()
     return 0
 
