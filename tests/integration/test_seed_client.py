@@ -131,3 +131,19 @@ async def test_reconciler_query_finds_a_stalled_run_and_the_run_then_completes(d
 
 async def _contains(ids: Any, run_id: str) -> bool:
     return run_id in await ids
+
+
+async def test_client_helpers_do_the_seed_clients_work_in_one_call_each(distributed: Distributed) -> None:
+    from flowcraft_core.azure.client import get_run_status, start_run, wait_for_run
+
+    services = await distributed.build(workflows.registry, workflows.blueprints)
+    run_id = await start_run(services.adapter, workflows.use_cases[USE_CASE]["entryWorkflowId"],
+                             workflows.initial_context(USE_CASE), run_id="client-helper-run")
+    final = await wait_for_run(services.adapter, run_id, timeout=30)
+    status = await get_run_status(services.adapter, run_id)
+
+    assert run_id == "client-helper-run"
+    assert final["status"] == "completed", final
+    assert "[REDACTED]" in final["result"]["context"]["final_output"]
+    assert status is not None and status["result"]["context"] == final["result"]["context"]
+    assert await get_run_status(services.adapter, "no-such-run") is None
