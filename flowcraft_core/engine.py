@@ -293,12 +293,14 @@ class Engine:
                 raise InvalidJobError(f"run {job.run_id!r} did not schedule node {job.node_id!r}: no stored "
                                       "record routes to it and it is not a start node")
             if _is_join(graph, node):
-                if not await self._claim_join(job, delivery_id):
+                held, released_by = await self._claim_join(job, delivery_id)
+                if not held:
                     # Another delivery of this join (a duplicate message, or an eager re-enqueue) is
                     # executing it right now; that one commits and routes. Executing it twice would
                     # run the join's code twice, so this delivery is dropped.
                     return JobOutcome("busy", job.run_id, job.node_id, "another delivery is executing this join")
                 await self._checkpoint("after-claim", job.run_id, job.node_id)
+                state = await self._await_visible(state, job, released_by)
             record = await self._execute(state, graph, node, job)
             executed = True
             await self._checkpoint("after-execute", job.run_id, job.node_id)
@@ -643,15 +645,40 @@ class Engine:
                 break
         return state
 
-    async def _claim_join(self, job: Job, delivery_id: str | None) -> bool:
-        """Claim the execution of a join for this delivery (one SET NX); True when it may execute."""
-        key = f"flowcraft:{{{job.run_id}}}:claim:{job.key}"
+    async def _claim_join(self, job: Job, delivery_id: str | None) -> tuple[bool, set[str]]:
+        """Claim the execution of a join for this delivery (one Redis call).
+
+        Returns whether it may execute (a duplicate message is refused while another delivery holds the
+        claim; this very message's redelivery takes it back) and the predecessors that arrived done.
+        """
         token = delivery_id or uuid.uuid4().hex
-        if await self.coordination.set_if_not_exist(key, token, self.options.claim_ttl_seconds):
-            return True
-        # Held: by another delivery (drop this one), or by this very message's earlier delivery that
-        # crashed before committing (take it back).
-        return delivery_id is not None and await self.coordination.get(key) == delivery_id
+        held, members = await self.coordination.claim(
+            job.run_id, job.key, token, self.options.claim_ttl_seconds,
+            gate=f"{job.run_id}|gate|{job.iteration}|{job.node_id}")
+        return held, {member for member, done in members.items() if done}
+
+    async def _await_visible(self, state: RunState, job: Job, required: set[str]) -> RunState:
+        """A snapshot holding the records of every predecessor that released this join.
+
+        Cosmos DB reads from another session may lag a write by milliseconds; a join must not run on a
+        snapshot that misses a predecessor's output. If it stays missing, the job fails and its message is
+        retried (this delivery keeps the join's claim).
+        """
+        def missing(st: RunState) -> set[str]:
+            return required - {rec.node_id for rec in st.records.values()}
+
+        for delay in (0.0, *self.options.stale_read_retry_delays):
+            if not missing(state):
+                return state
+            if delay:
+                await asyncio.sleep(delay)
+                fresh = await self.run_store.load(job.run_id)
+                if fresh is not None:
+                    state = fresh
+        if missing(state):
+            raise RuntimeError(f"run {job.run_id!r}: join {job.node_id!r} was released by "
+                               f"{sorted(missing(state))} whose records are not visible yet; retrying later")
+        return state
 
     async def _emit_changes(self, job: Job, record: NodeRecord) -> None:
         for key, value in record.changes.items():

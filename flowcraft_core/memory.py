@@ -191,6 +191,13 @@ class InMemoryCoordinationStore:
         self._decisions[gate] = decision
         return decision, True
 
+    async def claim(self, run_id: str, name: str, token: str, ttl_seconds: int, *,
+                    gate: str) -> tuple[bool, dict[str, bool]]:
+        """Claim a join's execution; see CoordinationStore.claim."""
+        key = f"flowcraft:{{{run_id}}}:claim:{name}"
+        held = self._values.setdefault(key, token) == token
+        return held, dict(self._gates.get(gate, {}))
+
     async def resolve_terminal(self, run_id: str, member: str, expected: int, ttl_seconds: int) -> bool:
         """Record a terminal's end; True once all have ended."""
         ended = self._terminals.setdefault(run_id, set())

@@ -236,6 +236,11 @@ class CoordinationStore(Protocol):
         returned again to later callers so that a redelivered job can finish what a crash interrupted.
         """
 
+    async def claim(self, run_id: str, name: str, token: str, ttl_seconds: int, *,
+                    gate: str) -> tuple[bool, dict[str, bool]]:
+        """Claim a join's execution for token (True also when token already holds it) and return the
+        arrivals recorded at its gate ({member: done})."""
+
     async def resolve_terminal(self, run_id: str, member: str, expected: int, ttl_seconds: int) -> bool:
         """Record that a terminal node ended (ran or was skipped); True once all expected have."""
 

@@ -59,6 +59,17 @@ return redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) and 1 or 0
 """
 
 
+# KEYS: claim key, gate hash. ARGV: token, ttl. Takes the claim (SET NX), or confirms this token already
+# holds it (a redelivered message, or a retry whose reply was lost), and returns the gate's arrivals so the
+# join can check that every predecessor that released it is visible in its snapshot of the run.
+_CLAIM = """
+local ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', tonumber(ARGV[2]))
+local held = 0
+if ok then held = 1 elseif redis.call('GET', KEYS[1]) == ARGV[1] then held = 1 end
+return {held, redis.call('HGETALL', KEYS[2])}
+"""
+
+
 class CommandCounter:
     """Counts Redis round trips; benchmarks and budget tests read it."""
 
@@ -82,6 +93,7 @@ class RedisCoordinationStore:
         self.counter = counter or CommandCounter()
         self._arrive = redis_client.register_script(_ARRIVE)
         self._terminal = redis_client.register_script(_TERMINAL)
+        self._claim = redis_client.register_script(_CLAIM)
 
     def _run_keys(self, run_id: str) -> str:
         # The hash tag keeps a run's keys in one slot, so the scripts also work on a Redis cluster.
@@ -138,6 +150,17 @@ class RedisCoordinationStore:
     async def _arrive_call(self, keys: list[str], args: list[Any]) -> list[Any]:
         self.counter.count += 1
         return cast(list[Any], await self._arrive(keys=keys, args=args))
+
+    @retry_transient("redis.claim")
+    async def claim(self, run_id: str, name: str, token: str, ttl_seconds: int, *,
+                    gate: str) -> tuple[bool, dict[str, bool]]:
+        """Claim the execution of a join (see CoordinationStore.claim)."""
+        self.counter.count += 1
+        _, _, rest = gate.partition("|")
+        keys = [self._key(run_id, "claim", name), self._key(run_id, "gate", rest)]
+        held, flat = cast(list[Any], await self._claim(keys=keys, args=[token, ttl_seconds]))
+        pairs = [str(x) for x in flat]
+        return bool(int(held)), {pairs[i]: pairs[i + 1] == "1" for i in range(0, len(pairs), 2)}
 
     @retry_transient("redis.resolve_terminal")
     async def resolve_terminal(self, run_id: str, member: str, expected: int, ttl_seconds: int) -> bool:
