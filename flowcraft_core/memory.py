@@ -10,7 +10,6 @@ from typing import Any, Literal
 from .context import output_key
 from .errors import RunStateError
 from .protocols import (
-    FINAL_STATUSES,
     GateDecision,
     Job,
     NodeRecord,
@@ -18,6 +17,7 @@ from .protocols import (
     RunState,
     RunStatus,
     apply_record,
+    change_status,
 )
 
 
@@ -113,25 +113,15 @@ class InMemoryStatusStore:
                          extra: dict[str, Any] | None = None) -> bool:
         """Set a non-final status."""
         item = self.items.get(run_id)
-        if item is None or item["status"] in FINAL_STATUSES:
-            return False
-        item.update({"status": status, "lastUpdated": time.time(), **(extra or {})})
-        if reason is not None:
-            item["reason"] = reason
-        return True
+        return item is not None and change_status(item, status, time.time(), final=False, reason=reason,
+                                                  extra=extra)
 
     async def finalize(self, run_id: str, status: RunStatus, *, result: dict[str, Any] | None = None,
                        reason: str | None = None) -> bool:
         """Write the final status once."""
         item = self.items.get(run_id)
-        if item is None or item["status"] in FINAL_STATUSES:
+        if item is None or not change_status(item, status, time.time(), final=True, result=result, reason=reason):
             return False
-        item.update({"status": status, "lastUpdated": time.time()})
-        item.pop("awaiting", None)
-        if result is not None:
-            item["result"] = result
-        if reason is not None:
-            item["reason"] = reason
         self.final_writes[run_id] = self.final_writes.get(run_id, 0) + 1
         return True
 

@@ -165,6 +165,25 @@ def apply_record(context: dict[str, Any], rec: NodeRecord, output_key: Any = Non
         context[output_key(rec.node_id)] = rec.output
 
 
+def change_status(item: dict[str, Any], status: RunStatus, now: float, *, final: bool,
+                  result: dict[str, Any] | None = None, reason: str | None = None,
+                  extra: dict[str, Any] | None = None) -> bool:
+    """Apply a status transition to a status item in place; False (unchanged) once the run is final.
+
+    Every status store applies this one rule, so a final status is written once whatever the store.
+    """
+    if item["status"] in FINAL_STATUSES:
+        return False
+    item.update({"status": status, "lastUpdated": now, **(extra or {})})
+    if final:
+        item.pop("awaiting", None)
+    if result is not None:
+        item["result"] = result
+    if reason is not None:
+        item["reason"] = reason
+    return True
+
+
 class RunStore(Protocol):
     """Durable per-run state: header, initial context, node records, control markers."""
 

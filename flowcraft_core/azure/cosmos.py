@@ -35,7 +35,7 @@ from azure.cosmos.exceptions import (
 )
 
 from ..errors import RunStateError
-from ..protocols import FINAL_STATUSES, NodeRecord, RunHeader, RunState, RunStatus, fold_context
+from ..protocols import NodeRecord, RunHeader, RunState, RunStatus, change_status, fold_context
 from .retry import RetryPolicy, retry_transient
 
 logger = logging.getLogger("flowcraft.cosmos")
@@ -319,32 +319,15 @@ class CosmosStatusStore:
     async def set_status(self, run_id: str, status: RunStatus, *, reason: str | None = None,
                          extra: dict[str, Any] | None = None) -> bool:
         """Set running/awaiting unless the run is final."""
-        def change(item: dict[str, Any]) -> bool:
-            if item["status"] in FINAL_STATUSES:
-                return False
-            item.update({"status": status, "lastUpdated": self.clock(), **(extra or {})})
-            if reason is not None:
-                item["reason"] = reason
-            return True
-
-        return await self._conditional_update(run_id, change)
+        return await self._conditional_update(run_id, lambda item: change_status(
+            item, status, self.clock(), final=False, reason=reason, extra=extra))
 
     @retry_transient("cosmos.finalize")
     async def finalize(self, run_id: str, status: RunStatus, *, result: dict[str, Any] | None = None,
                        reason: str | None = None) -> bool:
         """Write the final status once, guarded by the item's ETag."""
-        def change(item: dict[str, Any]) -> bool:
-            if item["status"] in FINAL_STATUSES:
-                return False
-            item.update({"status": status, "lastUpdated": self.clock()})
-            item.pop("awaiting", None)
-            if result is not None:
-                item["result"] = result
-            if reason is not None:
-                item["reason"] = reason
-            return True
-
-        return await self._conditional_update(run_id, change)
+        return await self._conditional_update(run_id, lambda item: change_status(
+            item, status, self.clock(), final=True, result=result, reason=reason))
 
     @retry_transient("cosmos.list_stalled")
     async def list_stalled(self, older_than: float, limit: int = 100) -> list[str]:
