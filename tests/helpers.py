@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -66,3 +66,14 @@ class AzureTestEnv:
     def settings(self, **extra: str) -> dict[str, str]:
         """App settings for code under test: the emulators' plus this test's queue name."""
         return {**self.emulator_settings, "FLOWCRAFT_QUEUE_NAME": self.queue_name, **extra}
+
+
+def bp(nodes: Iterable[str | dict[str, Any]], edges: Iterable[tuple[str, str] | dict[str, Any]] = (),
+       *, bp_id: str = "t", **extra: Any) -> dict[str, Any]:
+    """A blueprint dict; a bare node id uses the implementation of the same name."""
+    return {
+        "id": bp_id,
+        "nodes": [{"id": n, "uses": n} if isinstance(n, str) else n for n in nodes],
+        "edges": [{"source": e[0], "target": e[1]} if isinstance(e, tuple) else e for e in edges],
+        **extra,
+    }

@@ -8,7 +8,6 @@ deadlines, never with sleeps.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -23,19 +22,11 @@ from flowcraft_core import (
     WorkflowBlueprint,
     WorkflowResult,
 )
-from tests.helpers import wait_until
+from tests.helpers import bp, wait_until
 
 DEADLINE = 5.0
 
 
-def bp(nodes: Iterable[str | dict[str, Any]], edges: Iterable[tuple[str, str] | dict[str, Any]] = (),
-       *, bp_id: str = "t", **extra: Any) -> dict[str, Any]:
-    return {
-        "id": bp_id,
-        "nodes": [{"id": n, "uses": n} if isinstance(n, str) else n for n in nodes],
-        "edges": [{"source": e[0], "target": e[1]} if isinstance(e, tuple) else e for e in edges],
-        **extra,
-    }
 
 
 def blueprints(*dicts: dict[str, Any]) -> dict[str, WorkflowBlueprint]:

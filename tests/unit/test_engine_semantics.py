@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from flowcraft_core import CollectingEventBus, FlowRuntime, NodeContext, NodeResult, WorkflowResult
+from tests.helpers import bp
 
 DEADLINE = 5.0  # seconds; only ever reached when something is broken
 
@@ -24,15 +25,6 @@ DEADLINE = 5.0  # seconds; only ever reached when something is broken
 # --- helpers ---------------------------------------------------------------------------------------
 
 
-def bp(nodes: Iterable[str | dict[str, Any]], edges: Iterable[tuple[str, str] | dict[str, Any]] = (),
-       *, bp_id: str = "t", **extra: Any) -> dict[str, Any]:
-    """A blueprint dict; a bare node id uses the implementation of the same name."""
-    return {
-        "id": bp_id,
-        "nodes": [{"id": n, "uses": n} if isinstance(n, str) else n for n in nodes],
-        "edges": [{"source": e[0], "target": e[1]} if isinstance(e, tuple) else e for e in edges],
-        **extra,
-    }
 
 
 class Trace:

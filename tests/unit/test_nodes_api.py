@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -19,18 +18,11 @@ from flowcraft_core import (
     NodeResult,
     WorkflowResult,
 )
+from tests.helpers import bp
 
 DEADLINE = 5.0
 
 
-def bp(nodes: Iterable[str | dict[str, Any]], edges: Iterable[tuple[str, str] | dict[str, Any]] = (),
-       *, bp_id: str = "t", **extra: Any) -> dict[str, Any]:
-    return {
-        "id": bp_id,
-        "nodes": [{"id": n, "uses": n} if isinstance(n, str) else n for n in nodes],
-        "edges": [{"source": e[0], "target": e[1]} if isinstance(e, tuple) else e for e in edges],
-        **extra,
-    }
 
 
 async def run(runtime: FlowRuntime, blueprint: dict[str, Any], context: dict[str, Any] | None = None
