@@ -34,26 +34,19 @@ from aiohttp import web
 from helpers import AzureTestEnv, wait_until
 from rel_workflows import LOCAL_EXECUTIONS, final_key
 
-from flowcraft_core.azure.adapter import RuntimeOptions
 from flowcraft_core.azure.emulators import free_port
-from flowcraft_core.azure.services import AzureServices, build_services
+from flowcraft_core.azure.services import AzureServices
 from flowcraft_core.engine import EngineOptions
-from flowcraft_core.events import CollectingEventBus
 from flowcraft_core.protocols import FINAL_STATUSES
-from flowcraft_core.settings import Settings
+from tests.integration.harness import Distributed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-# Tests poll an often-empty queue: keep the worker's back-off short so a hop never waits long.
-TEST_MAX_POLL_INTERVAL = 0.2
-
-
-class RelHarness:
-    """Builds workers (adapter + reconciler) for one test; all of them are closed at teardown."""
+class RelHarness(Distributed):
+    """The integration suite's worker builder, plus final-status counting and worker knobs for faults."""
 
     def __init__(self, env: AzureTestEnv) -> None:
-        self.env = env
-        self.built: list[AzureServices] = []
+        super().__init__(env)
         # Successful final-status writes per run id, in this process (see count_finals).
         self.finals: Counter[str] = Counter()
 
@@ -72,26 +65,23 @@ class RelHarness:
         return {"token": token, "counterPrefix": self.prefix, **extra}
 
     async def build(self, registry: Mapping[str, Any], blueprints: Mapping[str, Any], *, start: bool = True,
-                    concurrency: int | None = None, visibility_timeout: int | None = None,
-                    event_bus: Any = None, engine: EngineOptions | None = None, count_in_redis: bool = True,
+                    event_bus: Any = None, engine: EngineOptions | None = None,
+                    env: Mapping[str, str] | None = None, concurrency: int | None = None,
+                    visibility_timeout: int | None = None, count_in_redis: bool = True,
                     **overrides: str) -> AzureServices:
         """Build (and by default start) a worker; overrides are settings by environment name.
 
         Final-status writes are counted in ``self.finals`` and, unless count_in_redis is False (tests that
         take Redis away), in Redis too.
         """
-        options = RuntimeOptions(event_bus=event_bus if event_bus is not None else CollectingEventBus(),
-                                 engine=engine)
-        settings = Settings.from_env(self.settings_env(**overrides))
-        services = await build_services(settings, registry=registry, blueprints=blueprints, runtime_options=options)
+        services = await super().build(registry, blueprints, start=False, event_bus=event_bus, engine=engine,
+                                       env=env, **overrides)
         worker = services.adapter.worker_options
-        worker.max_poll_interval = TEST_MAX_POLL_INTERVAL
         if concurrency is not None:
             worker.concurrency = concurrency
         if visibility_timeout is not None:
             worker.visibility_timeout = visibility_timeout
         count_finals(services, self.finals, redis_prefix=self.prefix if count_in_redis else None)
-        self.built.append(services)
         if start:
             await services.adapter.start()
         return services
@@ -99,15 +89,6 @@ class RelHarness:
     async def stop(self, services: AzureServices) -> None:
         """Stop one worker's polling (its clients stay open until close())."""
         await services.adapter.stop(timeout=5)
-
-    async def close(self) -> None:
-        """Stop every worker and close every client."""
-        for services in reversed(self.built):
-            try:
-                await services.adapter.stop(timeout=5)
-            finally:
-                await services.close()
-        self.built.clear()
 
 
 def count_finals(services: AzureServices, finals: Counter[str], redis_prefix: str | None = None) -> None:
