@@ -19,7 +19,7 @@ from helpers import wait_until
 import function_app
 from flowcraft_core import http_api
 from flowcraft_core.azure.clients import ensure_queue, make_queue_client
-from flowcraft_core.openapi import openapi_document
+from flowcraft_core.http_api import openapi_document
 from flowcraft_core.settings import Settings
 from scripts.devhost import (
     DevHost,
@@ -41,7 +41,8 @@ EXPECTED_ROUTES = {
     ("runs", "POST", "function"), ("runs/{runId}", "GET", "function"), ("runs/{runId}/cancel", "POST", "function"),
     ("runs/{runId}/resume", "POST", "function"), ("webhooks/{runId}/{nodeId}", "POST", "function"),
     ("blueprints", "GET", "function"), ("blueprints/{id}", "GET", "function"), ("health", "GET", "anonymous"),
-    ("openapi.json", "GET", "anonymous"),
+    ("openapi.json", "GET", "anonymous"), ("runs", "GET", "function"), ("runs/{runId}", "DELETE", "function"),
+    ("runs/{runId}/history", "GET", "function"),
 }
 
 
