@@ -180,6 +180,12 @@ async def call_webhook(req: func.HttpRequest) -> func.HttpResponse:
     return await _serve("callWebhook", req)
 
 
+@app.route(route="view", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def run_view(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/view?code=<key> -> the run view (HTML)."""
+    return await _serve("runView", req)
+
+
 @app.route(route="blueprints", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 async def list_blueprints(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/blueprints -> the deployed blueprints."""

@@ -437,11 +437,12 @@ def status_url(base: str, run_id: str) -> str:
 
 
 class Answer(dict[str, Any]):
-    """A response body that also carries response headers (render adds them)."""
+    """A response body that also carries response headers (render adds them), or a non-JSON body (raw)."""
 
-    def __init__(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> None:
+    def __init__(self, body: Mapping[str, Any], headers: Mapping[str, str], raw: bytes | None = None) -> None:
         super().__init__(body)
         self.headers = dict(headers)
+        self.raw = raw
 
 
 def query_values(request: ApiRequest, name: str) -> list[str]:
@@ -745,6 +746,13 @@ async def _ep_health(request: ApiRequest, context: ApiContext) -> ApiResult:
     return await health(context)
 
 
+async def _ep_run_view(request: ApiRequest, context: ApiContext) -> ApiResult:
+    from .view import page
+
+    html, headers = page()
+    return 200, Answer({}, {**headers, "Content-Type": "text/html; charset=utf-8"}, raw=html)
+
+
 async def _ep_openapi(request: ApiRequest, context: ApiContext) -> ApiResult:
     return 200, openapi_document(server_url=api_base_url(request, OPERATIONS["openapi"].route))
 
@@ -826,6 +834,10 @@ OPERATIONS: dict[str, Operation] = {op.operation_id: op for op in (
     Operation("getBlueprint", "GET", "blueprints/{id}", "function", "Get a blueprint with analysis and diagram",
               _ep_get_blueprint, 200, None, "none", None, (400, 404, 503),
               "The blueprint JSON plus analysis (start and terminal nodes, cycles) and a Mermaid diagram."),
+    Operation("runView", "GET", "view", "function", "The run view (an HTML page)", _ep_run_view, 200,
+              description="Lists runs and shows one as a graph colored by node state, a timeline of its node "
+                          "executions, its final context and errors, with cancel and resume buttons. Open it "
+                          "with ?code=<function key>; the page sends the key with its API calls."),
     Operation("health", "GET", "health", "anonymous", "Check the queue, Cosmos DB and Redis", _ep_health, 200,
               None, "none", HealthReport, (503,), "503 with the failing checks when any dependency is down."),
     Operation("openapi", "GET", "openapi.json", "anonymous", "This OpenAPI document", _ep_openapi, 200),
@@ -886,4 +898,7 @@ def render(result: ApiResult) -> tuple[int, bytes, dict[str, str]]:
         headers["Location"] = location
         headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     headers.update(getattr(body, "headers", {}))
+    raw = getattr(body, "raw", None)
+    if isinstance(raw, bytes):
+        return status, raw, headers
     return status, json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(), headers

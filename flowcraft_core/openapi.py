@@ -150,8 +150,9 @@ def _operation(op: DocumentedOperation) -> dict[str, Any]:
         doc["requestBody"] = {"required": op.body == "required", **_json(_ref(op.request_model.__name__))}
     elif op.body == "any":
         doc["requestBody"] = {"required": False, "description": "Any JSON value.", **_json({})}
-    responses: dict[str, Any] = {str(op.success): {"description": _STATUS_TEXT[op.success],
-                                                   **_json(_response_schema(op))}}
+    content = ({"content": {"text/html": {"schema": {"type": "string"}}}} if op.operation_id == "runView"
+               else _json(_response_schema(op)))
+    responses: dict[str, Any] = {str(op.success): {"description": _STATUS_TEXT[op.success], **content}}
     for code in op.also:
         responses[str(code)] = {"description": _STATUS_TEXT[code], **_json(_response_schema(op))}
     if "202" in responses:
