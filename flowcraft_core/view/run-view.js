@@ -3,7 +3,7 @@
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
   const ENDED = ["completed", "failed", "cancelled"];
-  const STATES = ["completed", "failed", "awaiting", "running", "pending", "cancelled"];
+  const STATES = ["completed", "failed", "awaiting", "pending", "skipped"];
   const params = new URLSearchParams(location.search);
   const key = params.get("code");
   // The page lives at <prefix>/view; the API beside it.
@@ -107,7 +107,9 @@
   }
 
   function nodeStates(run, history, blueprint) {
-    const states = new Map(blueprint.nodes.map((n) => [n.id, "pending"]));
+    // A node with no execution is still ahead while the run goes, and was skipped once it ended.
+    const idle = ENDED.includes(run.status) ? "skipped" : "pending";
+    const states = new Map(blueprint.nodes.map((n) => [n.id, idle]));
     for (const entry of history.nodes) states.set(entry.nodeId, entry.status); // last execution wins
     for (const id of run.awaiting || []) states.set(id, "awaiting");
     return states;

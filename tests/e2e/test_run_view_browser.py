@@ -3,7 +3,7 @@
 Playwright drives ``/usr/bin/chromium`` directly (``executable_path``; no browser download). The page
 is opened as a user opens it, with the function key in ``?code=``, and the test checks what a user
 sees: the run just started in the list, a failed node drawn in the failed color, one timeline bar per
-node execution, and a run cancelled from the page. It saves docs/run-view.png, which the README shows.
+node execution, the final context, and a run cancelled from the page. It saves docs/run-view.png, which the README shows.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def test_the_run_view_shows_lists_draws_and_cancels_runs(view_host: HostProcess,
     expect(node).to_have_attribute("data-state", "failed")
     fill = node.locator("rect").evaluate("el => getComputedStyle(el).fill")
     assert fill == FAILED_FILL
-    expect(page.locator('#graph g.node[data-node-id="receipt"]')).to_have_attribute("data-state", "pending")
+    # The node after the failure never ran: drawn as skipped, since the run ended.
+    expect(page.locator('#graph g.node[data-node-id="receipt"]')).to_have_attribute("data-state", "skipped")
     _, history = api(view_host, "GET", f"runs/{failed['runId']}/history")
     bars = page.locator("#timeline rect.bar")
     expect(bars).to_have_count(len(history["nodes"]))
@@ -105,6 +106,7 @@ def test_the_run_view_shows_lists_draws_and_cancels_runs(view_host: HostProcess,
     page.locator(f'tr[data-run-id="{sleeping["runId"]}"]').click()
     expect(page.locator("#d-run")).to_have_text(sleeping["runId"])
     expect(page.locator('#graph g.node[data-node-id="start"]')).to_have_attribute("data-state", "completed")
+    expect(page.locator('#graph g.node[data-node-id="after_nap"]')).to_have_attribute("data-state", "pending")
     expect(page.locator("#timeline rect.bar")).to_have_count(
         len(api(view_host, "GET", f"runs/{sleeping['runId']}/history")[1]["nodes"]))
     page.locator("#cancel").click()
@@ -112,9 +114,21 @@ def test_the_run_view_shows_lists_draws_and_cancels_runs(view_host: HostProcess,
     assert api(view_host, "GET", f"runs/{sleeping['runId']}")[1]["status"] == "cancelled"
     expect(page.locator(f'tr[data-run-id="{sleeping["runId"]}"] .status')).to_have_text("cancelled")
 
-    # The screenshot the README shows: the failed run, graph and timeline.
-    page.locator(f'tr[data-run-id="{failed["runId"]}"]').click()
-    expect(page.locator('#graph g.node[data-node-id="charge"]')).to_have_attribute("data-state", "failed")
+    # A use case with branches and a join: one bar per execution, the final context; the README's picture.
+    status, moderation = api(view_host, "POST", "runs", {"blueprintId": "400", "context": {
+        "userId": "user-456", "userPost": "Hi, my email is test@example.com"}})
+    assert status == 202
+    wait_status(view_host, moderation["runId"], {"completed"}, page)
+    page.locator("#refresh").click()
+    page.locator(f'tr[data-run-id="{moderation["runId"]}"]').click()
+    expect(page.locator("#d-status")).to_have_text("completed")
+    _, history = api(view_host, "GET", f"runs/{moderation['runId']}/history")
+    assert len(history["nodes"]) >= 3
+    expect(page.locator("#timeline rect.bar")).to_have_count(len(history["nodes"]))
+    for entry in history["nodes"]:
+        expect(page.locator(f'#graph g.node[data-node-id="{entry["nodeId"]}"]')).to_have_attribute(
+            "data-state", "completed")
+    expect(page.locator("#context")).to_contain_text("[REDACTED]")
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
     assert errors == []
