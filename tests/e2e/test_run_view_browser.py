@@ -3,7 +3,8 @@
 Playwright drives ``/usr/bin/chromium`` directly (``executable_path``; no browser download). The page
 is opened as a user opens it, with the function key in ``?code=``, and the test checks what a user
 sees: the run just started in the list, a failed node drawn in the failed color, one timeline bar per
-node execution, the final context, and a run cancelled from the page. It saves docs/run-view.png, which the README shows.
+node execution, the final context, and a run cancelled from the page. It saves docs/run-view.png,
+which the README shows.
 """
 
 from __future__ import annotations

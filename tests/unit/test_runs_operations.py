@@ -92,3 +92,37 @@ async def test_history_is_in_commit_order_with_durations_and_skips_external_writ
     entries = history(state)
     assert [(e["nodeId"], e["durationMs"], e["attempts"]) for e in entries] == [("b", 15, 1), ("a", 1, 3)]
     assert entries[1]["error"] == {"message": "no"} and "error" not in entries[0]
+
+
+def test_progress_counts_from_a_stored_run() -> None:
+    from flowcraft_core.progress import progress_of
+    from flowcraft_core.protocols import Route, RunState
+
+    state = RunState(header=RunHeader("r", "bp", "1", 0.0), context={}, records={})
+    for rec in (NodeRecord("a", routes=[Route("b", True), Route("c", True), Route("d", False)]),
+                NodeRecord("b", status="awaiting")):
+        state.records[rec.key] = rec
+    progress = progress_of(state, "running")
+    assert (progress.done, progress.running, progress.waiting) == (1, 1, 1)  # c is queued or executing
+
+
+async def test_progress_display_plain_lines_change_only_and_rich_on_a_terminal() -> None:
+    import io
+
+    from flowcraft_core.progress import Progress, ProgressBus, ProgressDisplay
+
+    plain = io.StringIO()
+    with ProgressDisplay(plain) as display:
+        bus = ProgressBus(display)
+        for kind in ("job:enqueued", "job:enqueued", "node:start", "node:finish", "context:change"):
+            await bus.emit({"type": kind, "payload": {}})
+        display.update(Progress(done=1, waiting=1, status="running"))
+    lines = [line.split(" (")[0] for line in plain.getvalue().splitlines()]
+    # One line per change: the context change and the last update repeat the counts, so print nothing.
+    assert lines == ["running: 0 done, 0 running, 1 waiting", "running: 0 done, 0 running, 2 waiting",
+                     "running: 0 done, 1 running, 1 waiting", "running: 1 done, 0 running, 1 waiting"]
+
+    terminal = io.StringIO()
+    with ProgressDisplay(terminal, live=True) as display:
+        display.update(Progress(done=3, status="completed"))
+    assert "completed: 3 done" in terminal.getvalue()
