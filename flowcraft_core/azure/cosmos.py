@@ -373,7 +373,9 @@ class CosmosStatusStore:
         """
         sql, parameters = list_runs_query(query)
         # by_page is typed as a plain async iterator; the pager it returns also holds continuation_token.
-        pages: Any = self.container.query_items(sql, parameters=parameters, max_item_count=top).by_page(continuation)
+        # The token travels in a URL query string: ask Cosmos to keep it small (in KB).
+        pages: Any = self.container.query_items(sql, parameters=parameters, max_item_count=top,
+                                                continuation_token_limit=4).by_page(continuation)
         # Cosmos may answer a page with no items but a continuation (a partition with no match): go on,
         # a bounded number of times, rather than hand the client an empty page.
         for _ in range(16):
