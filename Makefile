@@ -33,6 +33,15 @@ check-tools:
 		else \
 			echo "error: redis-server is required on PATH (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)"; exit 1; \
 		fi; }
+	@# The run view's browser test drives Debian's chromium with Playwright (never `playwright install`).
+	@test -x /usr/bin/chromium || { \
+		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing chromium (apt-get)"; \
+			(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
+			|| { echo "error: could not install chromium with apt-get"; exit 1; }; \
+		else \
+			echo "error: /usr/bin/chromium is required for the run view's browser test (Debian/Ubuntu: sudo apt-get install chromium)"; exit 1; \
+		fi; }
 
 $(VENV)/.deps: requirements.txt requirements-dev.txt
 	@$(MAKE) --no-print-directory check-tools

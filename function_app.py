@@ -18,7 +18,7 @@ import azure.functions as func
 from pydantic import ValidationError
 
 from flowcraft_core import http_api
-from flowcraft_core.azure.services import AzureServices, build_services
+from flowcraft_core.azure.services import AzureServices, build_services, run_retention
 from flowcraft_core.errors import FlowcraftError, InvalidJobError
 from flowcraft_core.settings import Settings
 
@@ -114,8 +114,13 @@ async def reconcile_stalled_runs(timer: func.TimerRequest) -> None:
     """Re-enqueue what stalled runs should be doing (runs still 'running' but not updated lately)."""
     if timer.past_due:
         logger.warning("reconciler timer is past due")
-    stats = await (await services.services()).reconciler.run()
+    built = await services.services()
+    stats = await built.reconciler.run()
     logger.info("reconciler: %s", stats.to_dict())
+    # Retention rides on the same timer (FLOWCRAFT_RETENTION_DAYS; unset keeps every run).
+    purged = await run_retention(built)
+    if purged is not None and purged.runs:
+        logger.info("retention: %s", purged.to_dict())
 
 
 # -------------------------------------------------------------------------------------------------- HTTP
@@ -123,7 +128,8 @@ async def _serve(operation_id: str, req: func.HttpRequest) -> func.HttpResponse:
     request = http_api.ApiRequest.build(req.method, req.url, headers=dict(req.headers), params=dict(req.params),
                                         route_params=dict(req.route_params), body=req.get_body())
     status, body, headers = http_api.render(await http_api.handle(operation_id, request, services))
-    return func.HttpResponse(body, status_code=status, headers=headers, mimetype="application/json")
+    mimetype = headers.get("Content-Type", "application/json").split(";", 1)[0]
+    return func.HttpResponse(body, status_code=status, headers=headers, mimetype=mimetype)
 
 
 @app.route(route="runs", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
@@ -136,6 +142,24 @@ async def start_run(req: func.HttpRequest) -> func.HttpResponse:
 async def get_run(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/runs/{runId} -> the run's status, with result.context once completed."""
     return await _serve("getRun", req)
+
+
+@app.route(route="runs", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def list_runs(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/runs?status=&blueprintId=&createdFrom=&createdTo=&top=&continuationToken= -> a page of runs."""
+    return await _serve("listRuns", req)
+
+
+@app.route(route="runs/{runId}", methods=["DELETE"], auth_level=func.AuthLevel.FUNCTION)
+async def purge_run(req: func.HttpRequest) -> func.HttpResponse:
+    """DELETE /api/runs/{runId} -> 200 {runId, purged, items} for an ended run, 409 otherwise."""
+    return await _serve("purgeRun", req)
+
+
+@app.route(route="runs/{runId}/history", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def run_history(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/runs/{runId}/history -> the run's node executions with timings."""
+    return await _serve("getRunHistory", req)
 
 
 @app.route(route="runs/{runId}/cancel", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
@@ -154,6 +178,12 @@ async def resume_run(req: func.HttpRequest) -> func.HttpResponse:
 async def call_webhook(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/webhooks/{runId}/{nodeId} with the webhook node's output as body -> 202."""
     return await _serve("callWebhook", req)
+
+
+@app.route(route="view", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def run_view(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/view?code=<key> -> the run view (HTML)."""
+    return await _serve("runView", req)
 
 
 @app.route(route="blueprints", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)

@@ -53,11 +53,16 @@ def _resolve_blueprint(target: str, module: str) -> tuple[str, dict[str, Any], d
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
+    from .progress import Progress, ProgressBus, ProgressDisplay
     from .runtime import FlowRuntime
 
     bp_id, registry, blueprints = _resolve_blueprint(args.blueprint, args.workflows)
-    runtime = FlowRuntime(registry=registry, blueprints=blueprints)
-    result = await runtime.run(bp_id, _parse_context(args.context))
+    with ProgressDisplay() as display:
+        bus = ProgressBus(display) if args.progress else None
+        runtime = FlowRuntime(registry=registry, blueprints=blueprints, event_bus=bus)
+        result = await runtime.run(bp_id, _parse_context(args.context))
+        if bus is not None:
+            display.update(Progress(done=bus.ended, status=result.status))
     out = result.to_dict()
     if args.key:
         out = {"runId": result.run_id, "status": result.status, args.key: result.context.get(args.key)}
@@ -139,11 +144,55 @@ async def _cmd_start(args: argparse.Namespace) -> int:
         run_id = await services.adapter.start_run(args.blueprint, _parse_context(args.context), args.run_id)
         print(json.dumps({"runId": run_id, "status": "running"}))
         if args.wait:
-            status = await services.adapter.wait_for_run(run_id, timeout=args.wait)
+            status = await _wait_with_progress(services, run_id, args.wait)
             print(json.dumps(status, indent=2, default=str))
     finally:
         await services.close()
     return 0
+
+
+async def _wait_with_progress(services: Any, run_id: str, timeout: float) -> dict[str, Any]:
+    """Poll the run until it leaves running (or the timeout), showing its progress on stderr."""
+    import time
+
+    from .progress import ProgressDisplay, progress_of
+
+    adapter = services.adapter
+    deadline = time.monotonic() + timeout
+    with ProgressDisplay() as display:
+        while True:
+            status = await adapter.run_result(run_id) or {"runId": run_id, "status": "unknown"}
+            display.update(progress_of(await adapter.run_store.load(run_id), str(status.get("status"))))
+            if status.get("status") != "running":
+                return {k: v for k, v in status.items() if not k.startswith("_")}
+            if time.monotonic() >= deadline:
+                return {**status, "status": "timeout", "reason": f"run still running after {timeout:g}s"}
+            await asyncio.sleep(0.5)
+
+
+async def _cmd_runs(args: argparse.Namespace) -> int:
+    """runs list|show|history|purge against the Azure settings, printing the HTTP API's JSON."""
+    from . import http_api
+    from .protocols import RunQuery
+
+    services = await _services(Settings.from_env())
+    try:
+        if args.action == "list":
+            query = RunQuery(statuses=tuple(s for v in args.status or [] for s in v.split(",") if s),
+                                      blueprint_id=args.blueprint)
+            status, body = await http_api.list_runs_page(services, query, args.top, args.continuation_token)
+        elif args.action == "show":
+            status, body = await http_api.get_run(services, args.run_id)
+        elif args.action == "history":
+            status, body = await http_api.run_history(services, args.run_id)
+        else:
+            status, body = await http_api.purge(services, args.run_id)
+    except Exception as exc:
+        status, body = http_api.error_result(exc) if not isinstance(exc, http_api.ApiError) else exc.result()
+    finally:
+        await services.close()
+    print(json.dumps(dict(body), indent=2, default=str))
+    return 0 if status < 400 else 1
 
 
 async def _cmd_status(args: argparse.Namespace) -> int:
@@ -182,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--context", help="initial context as JSON, or @file.json")
     run.add_argument("--workflows", default="workflows", help="module exposing registry and blueprints")
     run.add_argument("--key", help="print only this context key of the result")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="do not show nodes done/running/waiting on stderr while the run goes")
 
     validate = sub.add_parser("validate", help="lint blueprint files; exit 1 on any problem")
     validate.add_argument("path")
@@ -205,6 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="print a run's status item")
     status.add_argument("run_id")
 
+    runs = sub.add_parser("runs", help="list, show, trace or purge distributed runs (settings from env)")
+    runs_sub = runs.add_subparsers(dest="action", required=True)
+    runs_list = runs_sub.add_parser("list", help="a page of runs, newest first")
+    runs_list.add_argument("--status", action="append", help="status filter (repeatable or comma-separated)")
+    runs_list.add_argument("--blueprint", help="only runs of this blueprint")
+    runs_list.add_argument("--top", type=int, default=20, help="page size (1-1000)")
+    runs_list.add_argument("--continuation-token", help="the previous page's continuationToken")
+    for name, text in (("show", "a run's status and result"), ("history", "a run's node executions"),
+                       ("purge", "delete an ended run from Cosmos DB and Redis")):
+        runs_sub.add_parser(name, help=text).add_argument("run_id")
+
     reconcile = sub.add_parser("reconcile", help="reconcile one run, or every stalled run")
     reconcile.add_argument("run_id", nargs="?")
     return parser
@@ -214,14 +276,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
     # In-process commands print their result on stdout; their progress logs are noise unless asked for.
-    quiet = args.command in ("run", "validate", "graph", "status", "start")
+    quiet = args.command in ("run", "validate", "graph", "status", "start", "runs")
     level = logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO)
     logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("azure", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handlers: dict[str, Any] = {"run": _cmd_run, "worker": _cmd_worker, "start": _cmd_start,
-                                "status": _cmd_status, "reconcile": _cmd_reconcile}
+                                "status": _cmd_status, "reconcile": _cmd_reconcile, "runs": _cmd_runs}
     try:
         if args.command == "validate":
             return _cmd_validate(args)

@@ -235,7 +235,8 @@ class Engine:
             raise RunStateError(str(exc)) from None
         done = NodeRecord(node_id=rec.node_id, iteration=rec.iteration, status="completed", output=output,
                           action=action, changes={**rec.changes, **plan.inputs}, deletes=rec.deletes,
-                          routes=plan.routes, attempts=rec.attempts)
+                          routes=plan.routes, attempts=rec.attempts, started_at=rec.started_at,
+                          finished_at=time.time_ns() // 1_000_000)
         if not await self.run_store.replace(run_id, done, expected_status="awaiting"):
             raise RunStateError(f"node {rec.node_id!r} of run {run_id!r} was resumed concurrently")
         # Like handle_job, the run stays "awaiting" while any node still waits for input; otherwise
@@ -301,7 +302,9 @@ class Engine:
                     return JobOutcome("busy", job.run_id, job.node_id, "another delivery is executing this join")
                 await self._checkpoint("after-claim", job.run_id, job.node_id)
                 state = await self._await_visible(state, job, released_by)
+            started_ms = time.time_ns() // 1_000_000
             record = await self._execute(state, graph, node, job)
+            record.started_at, record.finished_at = started_ms, time.time_ns() // 1_000_000
             executed = True
             await self._checkpoint("after-execute", job.run_id, job.node_id)
             record.delivery = delivery_id

@@ -22,13 +22,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, get_args
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .builtins.names import WEBHOOK
 from .engine import RUN_ID_PATTERN, validate_run_id
 from .errors import BlueprintError, FlowcraftError, RunStateError, UnknownRunError
+from .openapi import build_document
+from .protocols import FINAL_STATUSES, RunQuery
+from .runs import DEFAULT_TOP, MAX_TOP, InvalidContinuationError, PurgeStores, history, list_runs, purge_run
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -41,6 +44,8 @@ FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 MAX_ID_LENGTH = 256
 MAX_ACTION_LENGTH = 256
 MAX_REASON_LENGTH = 2000
+# What a 202 for a run not yet ended tells a poller to wait before asking again (Retry-After, seconds).
+RETRY_AFTER_SECONDS = 2
 # Each health probe gets this long; a store slower than that is as good as down for a load balancer.
 HEALTH_TIMEOUT_SECONDS = 3.0
 
@@ -167,7 +172,13 @@ class RunAccepted(_ResponseModel):
 
     run_id: str = Field(alias="runId")
     status: Literal["running"] = "running"
-    status_url: str = Field(alias="statusUrl", description="Where to GET the run's status.")
+    status_url: str = Field(alias="statusUrl", description="Where to GET the run's status (also the Location header).")
+    cancel_url: str | None = Field(default=None, alias="cancelUrl", description="POST here to cancel the run.")
+    resume_url: str | None = Field(default=None, alias="resumeUrl", description="POST {action, output?} here "
+                                                                               "to resume an awaiting run.")
+    purge_url: str | None = Field(default=None, alias="purgeUrl", description="DELETE here to purge the run "
+                                                                             "once it ended.")
+    history_url: str | None = Field(default=None, alias="historyUrl", description="GET the run's node executions.")
 
 
 class RunView(_ResponseModel):
@@ -183,6 +194,69 @@ class RunView(_ResponseModel):
                                   "Failed: {errors} with the failing node, message and attempt.")
     reason: str | None = Field(default=None, description="Why the run failed or was cancelled.")
     awaiting: list[str] | None = Field(default=None, description="Nodes waiting for resume or a webhook call.")
+
+
+class RunSummary(_ResponseModel):
+    """One entry of ``GET /api/runs``."""
+
+    run_id: str = Field(alias="runId")
+    blueprint_id: str | None = Field(default=None, alias="blueprintId")
+    status: RunStatusValue
+    created_at: str | None = Field(default=None, alias="createdAt", description="ISO-8601 UTC.")
+    last_updated: str | None = Field(default=None, alias="lastUpdated", description="ISO-8601 UTC.")
+
+
+class RunList(_ResponseModel):
+    """Answer of ``GET /api/runs``: newest first."""
+
+    runs: list[RunSummary]
+    continuation_token: str | None = Field(
+        alias="continuationToken", description="Pass back as continuationToken (with the same filters) for "
+                                               "the next page; null on the last page.")
+
+    def dump(self) -> dict[str, Any]:
+        """continuationToken stays present when null (clients test for null to stop paging)."""
+        return {"runs": [run.dump() for run in self.runs], "continuationToken": self.continuation_token}
+
+
+class RunPurged(_ResponseModel):
+    """Answer of ``DELETE /api/runs/{runId}``."""
+
+    run_id: str = Field(alias="runId")
+    purged: Literal[True] = True
+    items: int = Field(description="Cosmos DB items deleted (run header, node records, markers, status).")
+
+
+class NodeExecution(_ResponseModel):
+    """One execution of a node, as ``GET /api/runs/{runId}/history`` lists it."""
+
+    node_id: str = Field(alias="nodeId")
+    iteration: int = Field(description="Loop iteration (0 outside loops).")
+    status: Literal["completed", "failed", "awaiting"]
+    attempts: int = Field(description="Attempts the node's retry policy made.")
+    started_at: int | None = Field(alias="startedAt", description="Epoch milliseconds; null for records "
+                                                                  "written before timings were kept.")
+    finished_at: int | None = Field(alias="finishedAt", description="Epoch milliseconds.")
+    duration_ms: int | None = Field(alias="durationMs")
+    error: dict[str, Any] | None = Field(default=None, description="The failure, for a failed node.")
+
+    def dump(self) -> dict[str, Any]:
+        """Timings stay present when null; error only when there is one."""
+        data = self.model_dump(by_alias=True, mode="json")
+        if data.get("error") is None:
+            data.pop("error", None)
+        return data
+
+
+class RunHistory(_ResponseModel):
+    """Answer of ``GET /api/runs/{runId}/history``: node executions in commit order."""
+
+    run_id: str = Field(alias="runId")
+    nodes: list[NodeExecution]
+
+    def dump(self) -> dict[str, Any]:
+        """Nodes keep their null timings."""
+        return {"runId": self.run_id, "nodes": [node.dump() for node in self.nodes]}
 
 
 class ResumeAccepted(_ResponseModel):
@@ -362,6 +436,81 @@ def status_url(base: str, run_id: str) -> str:
     return f"{base}/runs/{quote(run_id, safe='')}"
 
 
+class Answer(dict[str, Any]):
+    """A response body that also carries response headers (render adds them), or a non-JSON body (raw)."""
+
+    def __init__(self, body: Mapping[str, Any], headers: Mapping[str, str], raw: bytes | None = None) -> None:
+        super().__init__(body)
+        self.headers = dict(headers)
+        self.raw = raw
+
+
+def query_values(request: ApiRequest, name: str) -> list[str]:
+    """Every value of a query parameter, repeated or comma-separated (the host's params keep only one)."""
+    values = parse_qs(urlsplit(request.url).query, keep_blank_values=True).get(name)
+    if values is None:
+        values = [request.params[name]] if name in request.params else []
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _query_value(request: ApiRequest, name: str) -> str | None:
+    values = query_values(request, name)
+    if len(values) > 1:
+        raise ApiError(400, "invalid_query", f"{name} may be given once")
+    return values[0] if values else None
+
+
+def _query_time(request: ApiRequest, name: str) -> float | None:
+    value = _query_value(request, name)
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(400, "invalid_query", f"{name} must be an ISO-8601 date-time, e.g. "
+                                             "2024-05-01T12:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def parse_run_query(request: ApiRequest) -> tuple[RunQuery, int, str | None]:
+    """The filters, page size and continuation token of ``GET /api/runs``."""
+    statuses = tuple(dict.fromkeys(query_values(request, "status")))
+    unknown = [s for s in statuses if s not in RUN_STATUSES]
+    if unknown:
+        raise ApiError(400, "invalid_query", f"unknown status {', '.join(map(repr, unknown))}; one of "
+                                             f"{', '.join(RUN_STATUSES)}")
+    blueprint_id = _query_value(request, "blueprintId")
+    if blueprint_id is not None and len(blueprint_id) > MAX_ID_LENGTH:
+        raise ApiError(400, "invalid_query", f"blueprintId must be 1-{MAX_ID_LENGTH} characters")
+    created_from, created_to = _query_time(request, "createdFrom"), _query_time(request, "createdTo")
+    raw_top = _query_value(request, "top")
+    top = DEFAULT_TOP
+    if raw_top is not None:
+        if not raw_top.isdigit() or not 1 <= int(raw_top) <= MAX_TOP:
+            raise ApiError(400, "invalid_query", f"top must be a whole number from 1 to {MAX_TOP}")
+        top = int(raw_top)
+    token = _query_value(request, "continuationToken")
+    if token is not None and len(token) > 16_384:
+        raise ApiError(400, "invalid_continuation_token", "continuationToken is malformed")
+    return RunQuery(statuses=statuses, blueprint_id=blueprint_id, created_from=created_from,
+                    created_to=created_to), top, token
+
+
+def run_summary(item: Mapping[str, Any]) -> RunSummary:
+    """A status item as a run list entry."""
+    status = item.get("status")
+    return RunSummary(run_id=str(item.get("runId") or item.get("id")), blueprint_id=item.get("blueprintId"),
+                      status=status if status in RUN_STATUSES else "running",
+                      created_at=iso_utc(item.get("createdAt")), last_updated=iso_utc(item.get("lastUpdated")))
+
+
+def _stores(services: AzureServices) -> PurgeStores:
+    adapter = services.adapter
+    return PurgeStores(adapter.run_store, adapter.status_store, adapter.coordination)
+
+
 # -------------------------------------------------------------------------------------------- handlers
 # One function per route, taking parsed inputs and the services, returning (status, body). Domain errors
 # (UnknownRunError, RunStateError...) are left to handle(), which maps them to status codes in one place.
@@ -372,15 +521,48 @@ async def start_run(services: AzureServices, body: StartRunRequest, *, base_url:
         raise ApiError(404, "blueprint_not_found", f"no blueprint {body.blueprint_id!r} is deployed; known: "
                                                    f"{', '.join(sorted(adapter.engine.blueprints)) or 'none'}")
     run_id = await adapter.start_run(body.blueprint_id, body.context or {}, body.run_id)
-    return 202, RunAccepted(run_id=run_id, status_url=status_url(base_url, run_id)).dump()
+    url = status_url(base_url, run_id)
+    return 202, RunAccepted(run_id=run_id, status_url=url, cancel_url=f"{url}/cancel", resume_url=f"{url}/resume",
+                            purge_url=url, history_url=f"{url}/history").dump()
 
 
-async def get_run(services: AzureServices, run_id: str) -> ApiResult:
-    """The run's status, with the final context of a completed run."""
+async def get_run(services: AzureServices, run_id: str, *, url: str | None = None) -> ApiResult:
+    """The run's status: 202 with Retry-After while it has not ended (the async polling convention), 200 after."""
     item = await services.adapter.run_result(run_id)
     if item is None:
         raise UnknownRunError(f"run {run_id!r} does not exist")
-    return 200, run_view(item)
+    view = run_view(item)
+    if item.get("status") in FINAL_STATUSES:
+        return 200, view
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if url is not None:
+        headers["Location"] = url
+    return 202, Answer(view, headers)
+
+
+async def list_runs_page(services: AzureServices, query: RunQuery, top: int, token: str | None) -> ApiResult:
+    """One page of runs, newest first, with the token of the next page."""
+    try:
+        items, next_token = await list_runs(services.adapter.status_store, query, top=top,
+                                            continuation_token=token)
+    except InvalidContinuationError as exc:
+        raise ApiError(400, "invalid_continuation_token", str(exc)) from None
+    return 200, RunList(runs=[run_summary(item) for item in items], continuation_token=next_token).dump()
+
+
+async def purge(services: AzureServices, run_id: str) -> ApiResult:
+    """Delete an ended run from Cosmos DB and Redis: 409 while it has not ended."""
+    count = await purge_run(_stores(services), run_id)
+    return 200, RunPurged(run_id=run_id, items=count).dump()
+
+
+async def run_history(services: AzureServices, run_id: str) -> ApiResult:
+    """Every node execution of a run, in commit order, with timings and attempts."""
+    state = await services.adapter.run_store.load(run_id)
+    if state is None:
+        raise UnknownRunError(f"run {run_id!r} does not exist")
+    nodes = [NodeExecution.model_validate(entry) for entry in history(state)]
+    return 200, RunHistory(run_id=run_id, nodes=nodes).dump()
 
 
 async def cancel_run(services: AzureServices, run_id: str, body: CancelRequest) -> ApiResult:
@@ -505,7 +687,23 @@ async def _ep_start_run(request: ApiRequest, context: ApiContext) -> ApiResult:
 
 async def _ep_get_run(request: ApiRequest, context: ApiContext) -> ApiResult:
     run_id = route_run_id(request)
-    return await get_run(await context.services(), run_id)
+    url = status_url(api_base_url(request, OPERATIONS["getRun"].route), run_id)
+    return await get_run(await context.services(), run_id, url=url)
+
+
+async def _ep_list_runs(request: ApiRequest, context: ApiContext) -> ApiResult:
+    query, top, token = parse_run_query(request)
+    return await list_runs_page(await context.services(), query, top, token)
+
+
+async def _ep_purge_run(request: ApiRequest, context: ApiContext) -> ApiResult:
+    run_id = route_run_id(request)
+    return await purge(await context.services(), run_id)
+
+
+async def _ep_run_history(request: ApiRequest, context: ApiContext) -> ApiResult:
+    run_id = route_run_id(request)
+    return await run_history(await context.services(), run_id)
 
 
 async def _ep_cancel_run(request: ApiRequest, context: ApiContext) -> ApiResult:
@@ -548,10 +746,20 @@ async def _ep_health(request: ApiRequest, context: ApiContext) -> ApiResult:
     return await health(context)
 
 
-async def _ep_openapi(request: ApiRequest, context: ApiContext) -> ApiResult:
-    from .openapi import openapi_document
+async def _ep_run_view(request: ApiRequest, context: ApiContext) -> ApiResult:
+    from .view import page
 
+    html, headers = page()
+    return 200, Answer({}, {**headers, "Content-Type": "text/html; charset=utf-8"}, raw=html)
+
+
+async def _ep_openapi(request: ApiRequest, context: ApiContext) -> ApiResult:
     return 200, openapi_document(server_url=api_base_url(request, OPERATIONS["openapi"].route))
+
+
+def openapi_document(server_url: str | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route in :data:`OPERATIONS`."""
+    return build_document(OPERATIONS.values(), error_model=ErrorResponse, server_url=server_url)
 
 
 Handler = Callable[[ApiRequest, ApiContext], Awaitable[ApiResult]]
@@ -574,6 +782,8 @@ class Operation:
     errors: tuple[int, ...] = ()
     description: str = ""
     query: tuple[tuple[str, str], ...] = ()
+    # Other success codes answered with the same body (getRun: 202 while the run has not ended).
+    also: tuple[int, ...] = ()
 
 
 _RUN_ERRORS = (400, 404, 503)
@@ -586,7 +796,27 @@ OPERATIONS: dict[str, Operation] = {op.operation_id: op for op in (
               "409, so a client may use its own id as an idempotency key."),
     Operation("getRun", "GET", "runs/{runId}", "function", "Get a run's status and result", _ep_get_run, 200,
               None, "none", RunView, _RUN_ERRORS,
-              "result.context holds the final context of a completed run."),
+              "200 once the run ended (result.context holds the final context of a completed run); 202 with "
+              "Retry-After and Location while it is running or awaiting, with the same body.", also=(202,)),
+    Operation("listRuns", "GET", "runs", "function", "List runs, newest first", _ep_list_runs, 200,
+              None, "none", RunList, (400, 503),
+              "Filters combine; status may repeat or be comma-separated. createdFrom is inclusive, createdTo "
+              "exclusive. Pages stay consistent while runs start: pass continuationToken back with the same "
+              "filters until it is null.",
+              (("status", "Run status (repeatable, or comma-separated)."),
+               ("blueprintId", "Only runs of this blueprint."),
+               ("createdFrom", "ISO-8601 date-time: runs created at or after it."),
+               ("createdTo", "ISO-8601 date-time: runs created before it."),
+               ("top", f"Page size, 1-{MAX_TOP} (default {DEFAULT_TOP})."),
+               ("continuationToken", "Token of the next page, from the previous answer."))),
+    Operation("purgeRun", "DELETE", "runs/{runId}", "function", "Purge an ended run", _ep_purge_run, 200,
+              None, "none", RunPurged, (400, 404, 409, 503),
+              "Deletes every Cosmos DB item of the run (both containers) and its Redis keys. A run that has "
+              "not ended is a 409: cancel it first."),
+    Operation("getRunHistory", "GET", "runs/{runId}/history", "function", "List a run's node executions",
+              _ep_run_history, 200, None, "none", RunHistory, _RUN_ERRORS,
+              "One entry per node execution in commit order, with startedAt/finishedAt (epoch ms), durationMs "
+              "and attempts."),
     Operation("cancelRun", "POST", "runs/{runId}/cancel", "function", "Cancel a run", _ep_cancel_run, 200,
               CancelRequest, "optional", RunView, (*_BODY_ERRORS, 404, 409, 503),
               "Stops scheduling its nodes and signals running ones. A run that already ended is a 409."),
@@ -604,6 +834,10 @@ OPERATIONS: dict[str, Operation] = {op.operation_id: op for op in (
     Operation("getBlueprint", "GET", "blueprints/{id}", "function", "Get a blueprint with analysis and diagram",
               _ep_get_blueprint, 200, None, "none", None, (400, 404, 503),
               "The blueprint JSON plus analysis (start and terminal nodes, cycles) and a Mermaid diagram."),
+    Operation("runView", "GET", "view", "function", "The run view (an HTML page)", _ep_run_view, 200,
+              description="Lists runs and shows one as a graph colored by node state, a timeline of its node "
+                          "executions, its final context and errors, with cancel and resume buttons. Open it "
+                          "with ?code=<function key>; the page sends the key with its API calls."),
     Operation("health", "GET", "health", "anonymous", "Check the queue, Cosmos DB and Redis", _ep_health, 200,
               None, "none", HealthReport, (503,), "503 with the failing checks when any dependency is down."),
     Operation("openapi", "GET", "openapi.json", "anonymous", "This OpenAPI document", _ep_openapi, 200),
@@ -662,4 +896,9 @@ def render(result: ApiResult) -> tuple[int, bytes, dict[str, str]]:
     location = body.get("statusUrl")
     if status == 202 and isinstance(location, str):
         headers["Location"] = location
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    headers.update(getattr(body, "headers", {}))
+    raw = getattr(body, "raw", None)
+    if isinstance(raw, bytes):
+        return status, raw, headers
     return status, json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(), headers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import time
 from typing import Any, Literal
 
@@ -14,6 +15,8 @@ from .protocols import (
     Job,
     NodeRecord,
     RunHeader,
+    RunPage,
+    RunQuery,
     RunState,
     RunStatus,
     apply_record,
@@ -71,6 +74,13 @@ class InMemoryRunStore:
             state.cancelled = str(data.get("reason", "cancelled"))
         else:
             state.failed = data
+
+    async def delete_run(self, run_id: str) -> int:
+        """Forget the run; returns how many items a Cosmos store would have held (header + records)."""
+        state = self._runs.pop(run_id, None)
+        if state is None:
+            return 0
+        return 1 + len(state.records) + (state.cancelled is not None) + (state.failed is not None)
 
     def _require(self, run_id: str) -> RunState:
         state = self._runs.get(run_id)
@@ -131,6 +141,28 @@ class InMemoryStatusStore:
             rid for rid, item in self.items.items()
             if item["status"] == "running" and item["lastUpdated"] < older_than
         ][:limit]
+
+    async def list_runs(self, query: RunQuery, top: int, continuation: str | None = None) -> RunPage:
+        """Newest first (createdAt, then run id, descending); the continuation is the last item's sort key."""
+        rows = sorted((item for item in self.items.values() if query.matches(item)),
+                      key=lambda item: (item["createdAt"], item["runId"]), reverse=True)
+        if continuation is not None:
+            try:
+                created, run_id = json.loads(continuation)
+                after = (float(created), str(run_id))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"malformed continuation: {exc}") from None
+            # Keyset, not offset: runs created meanwhile sort before the key, so pages never shift.
+            rows = [item for item in rows if (item["createdAt"], item["runId"]) < after]
+        page = [dict(item) for item in rows[:top]]
+        more = len(rows) > top
+        token = json.dumps([page[-1]["createdAt"], page[-1]["runId"]]) if more and page else None
+        return RunPage(page, token)
+
+    async def delete(self, run_id: str) -> bool:
+        """Remove the status item."""
+        self.final_writes.pop(run_id, None)
+        return self.items.pop(run_id, None) is not None
 
 
 class InMemoryCoordinationStore:
@@ -206,6 +238,14 @@ class InMemoryCoordinationStore:
         tag = f"{{{run_id}}}"
         for key in [k for k in self._values if tag in k]:
             self._values.pop(key, None)
+
+    async def purge_run(self, run_id: str) -> int:
+        """Drop every key of the run (in memory, forget_run already drops them all)."""
+        prefix, tag = f"{run_id}|", f"{{{run_id}}}"
+        count = (len([k for store in (self._gates, self._decisions) for k in store if k.startswith(prefix)])
+                 + len([k for k in self._values if tag in k]) + (run_id in self._terminals))
+        await self.forget_run(run_id)
+        return count
 
 
 def decide_gate(members: dict[str, bool], expected: int, strategy: str) -> GateDecision:

@@ -9,25 +9,13 @@ security schemes describe what the Functions host enforces: the ``x-functions-ke
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .analysis import BlueprintAnalysis
-from .http_api import (
-    OPERATIONS,
-    BlueprintList,
-    CancelRequest,
-    ErrorResponse,
-    HealthReport,
-    Operation,
-    ResumeAccepted,
-    ResumeRequest,
-    RunAccepted,
-    RunView,
-    StartRunRequest,
-)
 from .models import WorkflowBlueprint
 
 API_TITLE = "flowcraft-azure"
@@ -48,15 +36,63 @@ _PARAMETER_TEXT = {
     "id": "Blueprint id.",
 }
 
-_RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
-    ErrorResponse, RunAccepted, RunView, ResumeAccepted, BlueprintList, HealthReport, WorkflowBlueprint,
-)
-_REQUEST_MODELS: tuple[type[BaseModel], ...] = (StartRunRequest, ResumeRequest, CancelRequest)
+_QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "top": {"type": "integer", "minimum": 1, "maximum": 1000},
+    "createdFrom": {"type": "string", "format": "date-time"},
+    "createdTo": {"type": "string", "format": "date-time"},
+    "status": {"type": "string"},
+}
 
 
-def _schemas() -> dict[str, Any]:
+class DocumentedOperation(Protocol):
+    """What the document needs of an operation (``flowcraft_core.http_api.Operation`` has it)."""
+
+    @property
+    def operation_id(self) -> str: ...
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def route(self) -> str: ...
+
+    @property
+    def auth(self) -> str: ...
+
+    @property
+    def summary(self) -> str: ...
+
+    @property
+    def success(self) -> int: ...
+
+    @property
+    def request_model(self) -> type[BaseModel] | None: ...
+
+    @property
+    def body(self) -> str: ...
+
+    @property
+    def response_model(self) -> type[BaseModel] | None: ...
+
+    @property
+    def errors(self) -> tuple[int, ...]: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def query(self) -> tuple[tuple[str, str], ...]: ...
+
+    @property
+    def also(self) -> tuple[int, ...]: ...
+
+
+def _schemas(operations: list[DocumentedOperation], error_model: type[BaseModel]) -> dict[str, Any]:
     """Component schemas of every request and response model, with refs pointing at components."""
-    pairs = [(m, "validation") for m in _REQUEST_MODELS] + [(m, "serialization") for m in _RESPONSE_MODELS]
+    requests = list(dict.fromkeys(op.request_model for op in operations if op.request_model is not None))
+    responses = list(dict.fromkeys([error_model, *(op.response_model for op in operations
+                                                   if op.response_model is not None), WorkflowBlueprint]))
+    pairs = [(m, "validation") for m in requests] + [(m, "serialization") for m in responses]
     _, top = models_json_schema(pairs, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
     schemas: dict[str, Any] = dict(top.get("$defs", {}))
     schemas["BlueprintAnalysis"] = {
@@ -90,13 +126,13 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _response_schema(op: Operation) -> dict[str, Any]:
+def _response_schema(op: DocumentedOperation) -> dict[str, Any]:
     if op.response_model is not None:
         return _ref(op.response_model.__name__)
     return _ref({"getBlueprint": "BlueprintDetail", "openapi": "OpenApiDocument"}.get(op.operation_id, "Error"))
 
 
-def _operation(op: Operation) -> dict[str, Any]:
+def _operation(op: DocumentedOperation) -> dict[str, Any]:
     doc: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.route.split("/")[0]]}
     if op.description:
         doc["description"] = op.description
@@ -105,18 +141,25 @@ def _operation(op: Operation) -> dict[str, Any]:
          "description": _PARAMETER_TEXT.get(name, name)}
         for name in re.findall(r"{([^}:?*]+)", op.route)
     ]
-    params += [{"name": name, "in": "query", "required": False, "schema": {"type": "string"},
-                "description": text} for name, text in op.query]
+    params += [{"name": name, "in": "query", "required": False,
+                "schema": _QUERY_SCHEMAS.get(name, {"type": "string"}), "description": text}
+               for name, text in op.query]
     if params:
         doc["parameters"] = params
     if op.request_model is not None:
         doc["requestBody"] = {"required": op.body == "required", **_json(_ref(op.request_model.__name__))}
     elif op.body == "any":
         doc["requestBody"] = {"required": False, "description": "Any JSON value.", **_json({})}
-    responses: dict[str, Any] = {str(op.success): {"description": _STATUS_TEXT[op.success],
-                                                   **_json(_response_schema(op))}}
-    if op.success == 202:
-        responses["202"]["headers"] = {"Location": {"schema": {"type": "string"}, "description": "statusUrl"}}
+    content = ({"content": {"text/html": {"schema": {"type": "string"}}}} if op.operation_id == "runView"
+               else _json(_response_schema(op)))
+    responses: dict[str, Any] = {str(op.success): {"description": _STATUS_TEXT[op.success], **content}}
+    for code in op.also:
+        responses[str(code)] = {"description": _STATUS_TEXT[code], **_json(_response_schema(op))}
+    if "202" in responses:
+        responses["202"]["headers"] = {
+            "Location": {"schema": {"type": "string"}, "description": "The run's status URL."},
+            "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before polling again."},
+        }
     codes = set(op.errors) | {500}
     if op.auth == "function":
         codes.add(401)
@@ -131,10 +174,12 @@ def _operation(op: Operation) -> dict[str, Any]:
     return doc
 
 
-def openapi_document(server_url: str | None = None) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every route in :data:`~flowcraft_core.http_api.OPERATIONS`."""
+def build_document(operations: Iterable[DocumentedOperation], *, error_model: type[BaseModel],
+                   server_url: str | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of these operations (``http_api.openapi_document`` passes the app's)."""
+    ops = list(operations)
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS.values():
+    for op in ops:
         paths.setdefault(f"/{op.route}", {})[op.method.lower()] = _operation(op)
     return {
         "openapi": "3.1.0",
@@ -146,7 +191,7 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
         "servers": [{"url": server_url or ROUTE_PREFIX}],
         "paths": paths,
         "components": {
-            "schemas": _schemas(),
+            "schemas": _schemas(ops, error_model),
             "securitySchemes": {
                 "functionKeyHeader": {"type": "apiKey", "in": "header", "name": "x-functions-key",
                                       "description": "A function or host key of the Function App."},

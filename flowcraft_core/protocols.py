@@ -15,6 +15,37 @@ RecordStatus = Literal["completed", "failed", "awaiting", "external"]
 GateDecision = Literal["fire", "skip", "wait"]
 
 
+@dataclass(frozen=True)
+class RunQuery:
+    """Which status items a run listing returns (every field narrows it; empty means no filter)."""
+
+    statuses: tuple[str, ...] = ()
+    blueprint_id: str | None = None
+    # createdAt in [created_from, created_to), epoch seconds.
+    created_from: float | None = None
+    created_to: float | None = None
+    # Ended runs whose last update is older than this (retention).
+    ended_before: float | None = None
+
+    def matches(self, item: dict[str, Any]) -> bool:
+        """The same filter in Python (in-memory stores)."""
+        created = item.get("createdAt") or 0
+        return ((not self.statuses or item.get("status") in self.statuses)
+                and (self.blueprint_id is None or item.get("blueprintId") == self.blueprint_id)
+                and (self.created_from is None or created >= self.created_from)
+                and (self.created_to is None or created < self.created_to)
+                and (self.ended_before is None or (item.get("status") in FINAL_STATUSES
+                                                   and (item.get("lastUpdated") or 0) < self.ended_before)))
+
+
+@dataclass
+class RunPage:
+    """One page of a run listing: status items, and the store's continuation (None on the last page)."""
+
+    items: list[dict[str, Any]]
+    continuation: str | None = None
+
+
 def job_key(node_id: str, iteration: int = 0) -> str:
     """The identity of one execution of a node within a run."""
     return f"{iteration}:{node_id}"
@@ -60,6 +91,9 @@ class NodeRecord:
     # The queue message whose delivery committed the record (None in process): only that message (or
     # its redelivery) routes the record, so duplicates of it do not fan out duplicates downstream.
     delivery: str | None = None
+    # When the execution started and its record was made (epoch milliseconds), for the run's history.
+    started_at: int | None = None
+    finished_at: int | None = None
 
     @property
     def key(self) -> str:
@@ -88,6 +122,10 @@ class NodeRecord:
             data["wakeAt"] = self.wake_at
         if self.delivery is not None:
             data["delivery"] = self.delivery
+        if self.started_at is not None:
+            data["startedAt"] = self.started_at
+        if self.finished_at is not None:
+            data["finishedAt"] = self.finished_at
         return data
 
     @classmethod
@@ -108,6 +146,8 @@ class NodeRecord:
             attempts=int(data.get("attempts", 1)),
             seq=int(data.get("seq", 0)),
             delivery=data.get("delivery"),
+            started_at=data.get("startedAt"),
+            finished_at=data.get("finishedAt"),
         )
 
 
@@ -202,6 +242,9 @@ class RunStore(Protocol):
     async def mark(self, run_id: str, marker: Literal["cancelled", "failed"], data: dict[str, Any]) -> None:
         """Record that a run was cancelled or failed so that its other jobs stop."""
 
+    async def delete_run(self, run_id: str) -> int:
+        """Remove every item of the run; returns how many there were."""
+
 
 class StatusStore(Protocol):
     """The status item of each run, polled by clients and scanned by the reconciler."""
@@ -225,6 +268,12 @@ class StatusStore(Protocol):
 
     async def list_stalled(self, older_than: float, limit: int = 100) -> list[str]:
         """Run ids whose status is running and lastUpdated is older than the given epoch seconds."""
+
+    async def list_runs(self, query: RunQuery, top: int, continuation: str | None = None) -> RunPage:
+        """One page of status items matching query, newest first; continuation resumes after it."""
+
+    async def delete(self, run_id: str) -> bool:
+        """Remove the status item; False when there was none."""
 
 
 class CoordinationStore(Protocol):
@@ -265,6 +314,9 @@ class CoordinationStore(Protocol):
 
     async def forget_run(self, run_id: str) -> None:
         """Drop the run's coordination keys after it ended."""
+
+    async def purge_run(self, run_id: str) -> int:
+        """Drop every key of the run, also those that would expire on their own; returns how many."""
 
 
 @dataclass

@@ -37,6 +37,8 @@ class Settings(BaseModel):
     worker_concurrency: int = Field(default=16, ge=1, le=1024, alias="FLOWCRAFT_WORKER_CONCURRENCY")
     visibility_timeout: int = Field(default=60, ge=5, le=3600, alias="FLOWCRAFT_VISIBILITY_TIMEOUT")
     create_resources: bool = Field(default=False, alias="FLOWCRAFT_CREATE_RESOURCES")
+    # Ended runs older than this many days are purged by the timer; unset keeps them forever.
+    retention_days: float | None = Field(default=None, gt=0, alias="FLOWCRAFT_RETENTION_DAYS")
     max_request_bytes: int = Field(default=1_048_576, ge=1024, alias="FLOWCRAFT_MAX_REQUEST_BYTES")
     # Only the local host (scripts.devhost) reads this: on Azure the Functions host checks its
     # own function keys. The default is a well-known value for local development, not a secret.

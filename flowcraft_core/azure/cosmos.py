@@ -30,12 +30,23 @@ from azure.core import MatchConditions
 from azure.cosmos.aio import ContainerProxy, CosmosClient
 from azure.cosmos.exceptions import (
     CosmosAccessConditionFailedError,
+    CosmosHttpResponseError,
     CosmosResourceExistsError,
     CosmosResourceNotFoundError,
 )
 
 from ..errors import RunStateError
-from ..protocols import NodeRecord, RunHeader, RunState, RunStatus, change_status, fold_context
+from ..protocols import (
+    FINAL_STATUSES,
+    NodeRecord,
+    RunHeader,
+    RunPage,
+    RunQuery,
+    RunState,
+    RunStatus,
+    change_status,
+    fold_context,
+)
 from .retry import RetryPolicy, retry_transient
 
 logger = logging.getLogger("flowcraft.cosmos")
@@ -237,14 +248,22 @@ class CosmosRunStore:
 
     @retry_transient("cosmos.delete_run")
     async def delete_run(self, run_id: str) -> int:
-        """Delete every item of a run (housekeeping); returns how many."""
-        n = 0
-        async for item in self.container.query_items("SELECT c.id FROM c WHERE c.runId = @runId",
-                                                     parameters=[{"name": "@runId", "value": run_id}],
-                                                     partition_key=run_id):
-            await self.container.delete_item(item["id"], partition_key=run_id)
-            n += 1
-        return n
+        """Delete every item of the run's partition (header, records, chunks, markers); returns how many."""
+        self.counter.add("query")
+        # Ids first, deletes after: the query's pages are not read while the partition changes under them.
+        ids = [item["id"] async for item in self.container.query_items(
+            "SELECT c.id FROM c WHERE c.runId = @runId", parameters=[{"name": "@runId", "value": run_id}],
+            partition_key=run_id)]
+        deleted = 0
+        for item_id in ids:
+            self.counter.add("delete")
+            try:
+                await self.container.delete_item(item_id, partition_key=run_id)
+                deleted += 1
+            except CosmosResourceNotFoundError:
+                # A concurrent purge (or this one's retry) got there first.
+                continue
+        return deleted
 
 
 class CosmosStatusStore:
@@ -341,6 +360,78 @@ class CosmosStatusStore:
             if len(ids) >= limit:
                 break
         return ids
+
+
+    # ------------------------------------------------------------------ listing and purge (issue 12)
+    @retry_transient("cosmos.list_runs")
+    async def list_runs(self, query: RunQuery, top: int, continuation: str | None = None) -> RunPage:
+        """One page of matching status items, newest first, riding on the query's Cosmos continuation.
+
+        ORDER BY createdAt DESC makes the continuation resume after the last item's sort value, so runs
+        created while a client pages sort before it and never shift later pages (no duplicate, no gap).
+        A continuation Cosmos refuses raises ValueError.
+        """
+        sql, parameters = list_runs_query(query)
+        # by_page is typed as a plain async iterator; the pager it returns also holds continuation_token.
+        # The token travels in a URL query string: ask Cosmos to keep it small (in KB).
+        pages: Any = self.container.query_items(sql, parameters=parameters, max_item_count=top,
+                                                continuation_token_limit=4).by_page(continuation)
+        # Cosmos may answer a page with no items but a continuation (a partition with no match): go on,
+        # a bounded number of times, rather than hand the client an empty page.
+        for _ in range(16):
+            self.counter.add("query")
+            try:
+                page = await pages.__anext__()
+                items = [item async for item in page]
+            except StopAsyncIteration:
+                return RunPage([], None)
+            except CosmosHttpResponseError as exc:
+                if continuation is not None and exc.status_code == 400:
+                    raise ValueError(f"Cosmos DB refused the continuation: {exc.message}") from None
+                raise
+            token = pages.continuation_token
+            if items or token is None:
+                return RunPage(items[:top], token)
+        return RunPage([], token)
+
+    @retry_transient("cosmos.delete_status")
+    async def delete(self, run_id: str) -> bool:
+        """Delete the status item; False when it was already gone (purges are idempotent)."""
+        self.counter.add("delete")
+        try:
+            await self.container.delete_item(run_id, partition_key=run_id)
+        except CosmosResourceNotFoundError:
+            return False
+        return True
+
+
+_LIST_FIELDS = "c.id, c.runId, c.blueprintId, c.status, c.createdAt, c.lastUpdated"
+
+
+def list_runs_query(query: RunQuery) -> tuple[str, list[dict[str, Any]]]:
+    """The SQL and parameters of a run listing (parameters only: no value is ever spliced into SQL)."""
+    where: list[str] = []
+    parameters: list[dict[str, Any]] = []
+
+    def param(value: Any) -> str:
+        name = f"@p{len(parameters)}"
+        parameters.append({"name": name, "value": value})
+        return name
+
+    if query.statuses:
+        where.append(f"c.status IN ({', '.join(param(s) for s in query.statuses)})")
+    if query.blueprint_id is not None:
+        where.append(f"c.blueprintId = {param(query.blueprint_id)}")
+    if query.created_from is not None:
+        where.append(f"c.createdAt >= {param(query.created_from)}")
+    if query.created_to is not None:
+        where.append(f"c.createdAt < {param(query.created_to)}")
+    if query.ended_before is not None:
+        where.append(f"c.status IN ({', '.join(param(s) for s in sorted(FINAL_STATUSES))})")
+        where.append(f"c.lastUpdated < {param(query.ended_before)}")
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    # Only fixed fragments and @parameter names are joined; every value travels as a parameter.
+    return f"SELECT {_LIST_FIELDS} FROM c{clause} ORDER BY c.createdAt DESC", parameters  # noqa: S608
 
 
 def _strip_system(item: dict[str, Any]) -> dict[str, Any]:

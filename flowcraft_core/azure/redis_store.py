@@ -179,3 +179,17 @@ class RedisCoordinationStore:
             await self.redis.delete(*members, index)
         else:
             await self.redis.delete(index)
+
+    @retry_transient("redis.purge_run")
+    async def purge_run(self, run_id: str) -> int:
+        """Delete every key of the run: those its key set lists, and the rest under its hash tag (join claims).
+
+        SCAN walks the keyspace, so this is for purging one run on request; every key also has a TTL.
+        """
+        self.counter.count += 1
+        index = self._run_keys(run_id)
+        keys = {str(k) for k in await cast(Any, self.redis.smembers(index))}
+        # Run ids never hold glob characters (validate_run_id), so the pattern matches this run only.
+        keys.update([str(k) async for k in self.redis.scan_iter(match=f"{self.prefix}:{{{run_id}}}:*", count=1000)])
+        keys.add(index)
+        return int(await self.redis.delete(*keys))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from azure.cosmos.aio import CosmosClient
 from azure.storage.queue.aio import QueueClient
 from redis.asyncio import Redis
 
+from ..runs import PurgeStores, RetentionStats, purge_expired
 from ..settings import Settings, load_workflows
 from .adapter import AzureQueueAdapter, RuntimeOptions, WorkerOptions
 from .clients import ensure_cosmos_containers, make_cosmos_client, make_redis
@@ -94,3 +96,15 @@ async def build_services(settings: Settings, *, registry: Mapping[str, Any] | No
     if settings.create_resources if create_resources is None else create_resources:
         await ensure_resources(settings, services)
     return services
+
+
+async def run_retention(services: AzureServices, *, now: float | None = None,
+                        page_size: int = 100, max_pages: int = 10) -> RetentionStats | None:
+    """Purge ended runs older than FLOWCRAFT_RETENTION_DAYS (bounded pages); None when retention is off."""
+    days = services.settings.retention_days
+    if days is None:
+        return None
+    adapter = services.adapter
+    cutoff = (time.time() if now is None else now) - days * 86_400
+    return await purge_expired(PurgeStores(adapter.run_store, adapter.status_store, adapter.coordination), cutoff,
+                               page_size=page_size, max_pages=max_pages)

@@ -158,9 +158,10 @@ class Api:
         return str(body["runId"])
 
     async def status(self, run_id: str) -> dict[str, Any]:
-        """GET the run."""
+        """GET the run: 202 while it has not ended (the polling convention), 200 once it has."""
         status, body = await self.call("GET", f"runs/{run_id}")
-        assert status == 200, body
+        ended = body.get("status") in ("completed", "failed", "cancelled")
+        assert status == (200 if ended else 202), body
         return dict(body)
 
     async def wait_for(self, run_id: str, *statuses: str, timeout: float = RUN_DEADLINE) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The HTTP API against its own OpenAPI document, and function keys on every route that needs one.
 
-Schemathesis generates requests from ``flowcraft_core.openapi.openapi_document()`` — valid ones and
+Schemathesis generates requests from ``flowcraft_core.http_api.openapi_document()`` — valid ones and
 deliberately invalid ones — and each is handed to the app's function for that route exactly as the
 Functions host would (a ``func.HttpRequest`` with the route values), on the emulators. No answer may be a
 5xx, and every answer must be a status, content type, headers and body that the document declares for
@@ -44,7 +44,7 @@ from schemathesis.specs.openapi.checks import ignored_auth, negative_data_reject
 
 from flowcraft_core.azure.clients import make_cosmos_client, make_queue_client
 from flowcraft_core.azure.emulators import Emulators, free_port
-from flowcraft_core.openapi import openapi_document
+from flowcraft_core.http_api import openapi_document
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("FLOWCRAFT_SCHEMATHESIS_EXAMPLES", "40"))
