@@ -388,12 +388,17 @@ class Engine:
         self._signals.setdefault(job.run_id, set()).add(signal)
         try:
             def arrived(pred: str) -> bool:
-                # Inside a loop a join sees the predecessors that ran in this iteration, not outputs
-                # left over from earlier ones; a predecessor outside the loop ran once, before it.
-                if not graph.same_cycle(pred, node.id):
-                    return True
-                rec = state.record(pred, job.iteration)
-                return rec is not None and rec.status == "completed"
+                # A join sees the predecessors whose edge into it was taken: inside a loop in this
+                # iteration (not outputs left over from earlier ones); from outside the loop, in the
+                # iteration that left it (or the one run of a node in no loop).
+                if graph.same_cycle(pred, node.id):
+                    records = [state.record(pred, job.iteration)]
+                elif not graph.in_cycle(pred):
+                    records = [state.record(pred)]
+                else:
+                    records = [r for r in state.records.values() if r.node_id == pred]
+                return any(rec is not None and rec.status == "completed"
+                           and any(r.target == node.id and r.taken for r in rec.routes) for rec in records)
 
             node_input = resolve_input(node, graph, view, via=job.via, arrived=arrived)
             deps = {**self.dependencies, "runtime": self}
@@ -401,7 +406,9 @@ class Engine:
                               dependencies=deps, run_id=job.run_id, node_id=node.id, signal=signal,
                               blueprint_id=job.blueprint_id)
             ctx.iteration = job.iteration
-            outcome = await self.executor.execute(node, ctx)
+            fallback = node.config.fallback
+            fallback_node = graph.nodes.get(fallback) if fallback is not None and fallback != node.id else None
+            outcome = await self.executor.execute(node, ctx, fallback_node=fallback_node)
         finally:
             signals = self._signals.get(job.run_id)
             if signals is not None:

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeGuard
 
+from .builtins.durations import ACCEPTED_FORMS, duration_ms
 from .builtins.names import (
     BATCH_SCATTER,
     BUILTIN_NODE_TYPES,
@@ -223,19 +224,13 @@ class _Linter:
                 self.add(
                     f"{pwhere}.duration",
                     "missing-param",
-                    f"sleep node {node.id!r} needs params.duration (milliseconds)",
+                    f"sleep node {node.id!r} needs params.duration ({ACCEPTED_FORMS})",
                 )
             else:
-                duration = params["duration"]
-                # Numbers only, as the built-in sleep node accepts; Flowcraft's "5m"-style strings
-                # are reported here rather than failing mid-run.
-                if not (_is_number(duration) and duration >= 0):
-                    self.add(
-                        f"{pwhere}.duration",
-                        "bad-param",
-                        f"sleep node {node.id!r}: duration {duration!r} must be a number of "
-                        "milliseconds >= 0",
-                    )
+                try:
+                    duration_ms(params["duration"])
+                except ValueError as exc:
+                    self.add(f"{pwhere}.duration", "bad-param", f"sleep node {node.id!r}: {exc}")
         elif node.uses == LOOP_CONTROLLER:
             if "condition" not in params or params["condition"] is None or params["condition"] == "":
                 self.add(

@@ -328,7 +328,8 @@ async def test_all_join_after_router_runs_once_with_the_branch_that_ran() -> Non
 
     assert result.status == "completed"
     assert trace.count("join") == 1
-    assert trace.inputs["join"] == [{"bx": "BX"}]
+    # Exactly one edge delivered: the join gets that predecessor's output, as in Flowcraft.
+    assert trace.inputs["join"] == ["BX"]
 
 
 async def test_dead_path_skips_a_whole_chain_and_the_run_completes() -> None:
