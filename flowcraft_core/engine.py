@@ -130,7 +130,9 @@ class Engine:
         from .builtins import BUILTIN_IMPLEMENTATIONS
 
         self.registry = dict(registry)
-        self.blueprints: dict[str, WorkflowBlueprint] = dict(blueprints or {})
+        self.blueprints: dict[str, WorkflowBlueprint] = {}
+        # Blueprints refused at registration, with every lint problem: runs of them are refused too.
+        self.broken: dict[str, list[str]] = {}
         self.run_store = run_store
         self.status_store = status_store
         self.coordination = coordination
@@ -146,18 +148,48 @@ class Engine:
         self._signals: dict[str, set[CancelSignal]] = {}
         self._last_touch: dict[str, float] = {}
         self.fault_hook: FaultHook | None = self.options.fault_hook
+        for bp in (blueprints or {}).values():
+            # At start-up a broken blueprint is logged (once, by id) and refused, the others still serve.
+            self.add_blueprint(bp, strict=False)
 
     # ------------------------------------------------------------------ blueprints
-    def add_blueprint(self, bp: WorkflowBlueprint) -> None:
-        """Register (or replace) a blueprint."""
-        self.blueprints[bp.id] = bp
+    def add_blueprint(self, bp: WorkflowBlueprint, *, strict: bool = True) -> None:
+        """Lint and register (or replace) a blueprint; a blueprint with problems is refused.
+
+        ``strict`` raises BlueprintError listing every problem; otherwise the refusal is logged.
+        """
         self._graphs.pop(bp.id, None)
+        problems = self.blueprint_problems(bp)
+        if not problems:
+            self.blueprints[bp.id] = bp
+            self.broken.pop(bp.id, None)
+            return
+        self.blueprints.pop(bp.id, None)
+        if self.broken.get(bp.id) != problems:
+            logger.error("blueprint %s refused, %d problem(s): %s", bp.id, len(problems), "; ".join(problems))
+        self.broken[bp.id] = problems
+        if strict:
+            raise BlueprintError(f"blueprint {bp.id!r} has {len(problems)} problem(s)", problems)
+
+    def blueprint_problems(self, bp: WorkflowBlueprint) -> list[str]:
+        """Every lint problem of a blueprint against this engine's registry and evaluator."""
+        from .lint import lint_blueprint
+
+        # Subflow children may be registered after their parent, so they are checked when a run starts.
+        issues = lint_blueprint(bp, self.registry)
+        if not isinstance(self.evaluator, SafeEvaluator):
+            # A custom evaluator may accept what the safe one refuses.
+            issues = [i for i in issues if i.code != "bad-expression"]
+        return [str(i) for i in issues]
 
     def graph(self, blueprint_id: str) -> CompiledGraph:
         """The compiled graph of a registered blueprint (compiled once per process)."""
         graph = self._graphs.get(blueprint_id)
         if graph is None:
             bp = self.blueprints.get(blueprint_id)
+            if bp is None and blueprint_id in self.broken:
+                problems = self.broken[blueprint_id]
+                raise BlueprintError(f"blueprint {blueprint_id!r} was refused: {len(problems)} problem(s)", problems)
             if bp is None:
                 raise BlueprintError(f"unknown blueprint {blueprint_id!r}",
                                      [f"known blueprints: {', '.join(sorted(self.blueprints)) or 'none'}"])

@@ -320,10 +320,14 @@ async def test_sleep_passes_input_through_and_continues() -> None:
     assert [p["nodeId"] for p in delayed] == ["nap"]
 
 
-async def test_sleep_without_duration_fails_clearly() -> None:
-    result = await run(FlowRuntime(), bp([{"id": "nap", "uses": "sleep"}]))
-    assert result.status == "failed"
-    assert "duration" in result.errors[0]["message"]
+async def test_sleep_without_duration_is_refused_at_load() -> None:
+    from flowcraft_core import BlueprintError
+
+    with pytest.raises(BlueprintError) as refused:
+        await run(FlowRuntime(), bp([{"id": "nap", "uses": "sleep"}]))
+    assert refused.value.problems == [
+        'nodes[0].params.duration: sleep node \'nap\' needs params.duration (a number of milliseconds >= 0, '
+        'or a string such as "500ms", "5s", "1m", "2h", "1d")']
 
 
 # --- 12. batch -------------------------------------------------------------------------------------
@@ -604,8 +608,15 @@ async def test_loop_max_iterations_with_break_exits_instead() -> None:
     assert ran.count("finalize") == 1
 
 
-async def test_loop_controller_with_bad_condition_fails() -> None:
-    result = await run(FlowRuntime(registry=_counter(Ran())), _flowcraft_loop("__import__('os')"))
+async def test_loop_controller_with_unsafe_condition_is_refused_at_load() -> None:
+    from flowcraft_core import BlueprintError
+
+    with pytest.raises(BlueprintError, match="names containing '__' are not allowed"):
+        await run(FlowRuntime(registry=_counter(Ran())), _flowcraft_loop("__import__('os')"))
+
+
+async def test_loop_controller_whose_condition_fails_at_run_time_fails_the_run() -> None:
+    result = await run(FlowRuntime(registry=_counter(Ran())), _flowcraft_loop("len(count) > 1"))
     assert result.status == "failed"
     assert result.errors[0]["nodeId"] == "counter-loop"
 
