@@ -301,8 +301,8 @@ class HealthReport(_ResponseModel):
     error: str | None = Field(default=None, description="unhealthy, when status is unhealthy.")
     detail: str | None = None
     broken_blueprints: dict[str, list[str]] = Field(
-        default_factory=dict, alias="brokenBlueprints", description="Blueprints refused at start-up, with every lint problem (runs of "
-                                          "them answer 400); the app still serves the others.")
+        default_factory=dict, alias="brokenBlueprints",
+        description="Blueprints refused at start-up, with every lint problem (runs of them answer 400).")
 
 
 # ------------------------------------------------------------------------------------------ body parsing
