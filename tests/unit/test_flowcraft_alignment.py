@@ -155,3 +155,12 @@ async def test_broken_blueprint_at_start_up_is_logged_once_and_its_runs_refused(
     with pytest.raises(BlueprintError, match="refused") as refused:
         await runtime.run("bad")
     assert any("ghost" in p for p in refused.value.problems)
+
+
+async def test_schema_and_graph_problems_are_reported_together() -> None:
+    blueprint = {"id": "t", "nodes": [{"id": "a", "uses": "a"}, {"id": "a"}, {"id": "b", "uses": 3}],
+                 "edges": [{"source": "a", "target": "ghost"}]}
+    with pytest.raises(BlueprintError) as refused:
+        await FlowRuntime(registry={"a": recorder([], "a")}).run(blueprint)
+    paths = [p.split(":")[0] for p in refused.value.problems]
+    assert paths == ["nodes.1.uses", "nodes.2.uses", "nodes[1].id", "edges[0].target"]
