@@ -1,10 +1,10 @@
 """Hostile blueprints and run ids through the distributed worker.
 
 Edge conditions, transforms and loop conditions that try to import modules, walk dunders, call what
-is not allowed or blow up CPU or memory: lint refuses each blueprint when the worker starts, and one that
-gets past lint fails its run quickly with an expression error naming the edge, the target never runs, and the same worker goes on to complete a good run. Run ids that Cosmos
-DB cannot hold (``/``, ``\\``, ``#``, ``?``), or that are too long or empty, are refused by start_run
-before anything is written.
+is not allowed or blow up CPU or memory: lint refuses each blueprint when the worker starts, and one
+that gets past lint fails its run quickly with an expression error naming the edge, the target never
+runs, and the same worker goes on to complete a good run. Run ids that Cosmos DB cannot hold (``/``,
+``\\``, ``#``, ``?``), or that are too long or empty, are refused by start_run before anything is written.
 """
 
 from __future__ import annotations
