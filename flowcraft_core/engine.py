@@ -148,18 +148,22 @@ class Engine:
         self._signals: dict[str, set[CancelSignal]] = {}
         self._last_touch: dict[str, float] = {}
         self.fault_hook: FaultHook | None = self.options.fault_hook
-        for bp in (blueprints or {}).values():
-            # At start-up a broken blueprint is logged (once, by id) and refused, the others still serve.
-            self.add_blueprint(bp, strict=False)
+        deployed = dict(blueprints or {})
+        for bp in deployed.values():
+            # At start-up a broken blueprint is logged (once, by id) and refused, the others still serve;
+            # the whole set is known, so a subflow naming a blueprint that is not deployed is refused too.
+            self.add_blueprint(bp, strict=False, deployed=deployed)
 
     # ------------------------------------------------------------------ blueprints
-    def add_blueprint(self, bp: WorkflowBlueprint, *, strict: bool = True) -> None:
+    def add_blueprint(self, bp: WorkflowBlueprint, *, strict: bool = True,
+                      deployed: Mapping[str, WorkflowBlueprint] | None = None) -> None:
         """Lint and register (or replace) a blueprint; a blueprint with problems is refused.
 
         ``strict`` raises BlueprintError listing every problem; otherwise the refusal is logged.
+        ``deployed`` is the full set being registered, against which subflow ids are checked.
         """
         self._graphs.pop(bp.id, None)
-        problems = self.blueprint_problems(bp)
+        problems = self.blueprint_problems(bp, deployed)
         if not problems:
             self.blueprints[bp.id] = bp
             self.broken.pop(bp.id, None)
@@ -171,12 +175,13 @@ class Engine:
         if strict:
             raise BlueprintError(f"blueprint {bp.id!r} has {len(problems)} problem(s)", problems)
 
-    def blueprint_problems(self, bp: WorkflowBlueprint) -> list[str]:
+    def blueprint_problems(self, bp: WorkflowBlueprint,
+                           deployed: Mapping[str, WorkflowBlueprint] | None = None) -> list[str]:
         """Every lint problem of a blueprint against this engine's registry and evaluator."""
         from .lint import lint_blueprint
 
-        # Subflow children may be registered after their parent, so they are checked when a run starts.
-        issues = lint_blueprint(bp, self.registry)
+        # Without the full set, a subflow's child may be registered after its parent: checked at run time.
+        issues = lint_blueprint(bp, self.registry, blueprints=deployed)
         if not isinstance(self.evaluator, SafeEvaluator):
             # A custom evaluator may accept what the safe one refuses.
             issues = [i for i in issues if i.code != "bad-expression"]

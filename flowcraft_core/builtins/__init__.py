@@ -73,9 +73,13 @@ async def subflow_node(ctx: NodeContext) -> NodeResult:
         for start in compile_graph(child_bp).start_node_ids:
             initial[input_key(start)] = ctx.input
 
-    child = FlowRuntime(registry=engine.registry, blueprints=engine.blueprints,
+    child = FlowRuntime(registry=engine.registry,
                         dependencies={k: v for k, v in engine.dependencies.items() if k != "runtime"},
                         evaluator=engine.evaluator, event_bus=engine.events, middleware=engine.middleware)
+    # The parent's blueprints were linted when registered: share them instead of linting every one again
+    # for each child run.
+    child.engine.blueprints.update(engine.blueprints)
+    child.engine.broken.update(engine.broken)
     run_id = f"{ctx.run_id}.{ctx.node_id}"
     watcher = asyncio.create_task(_forward_cancel(ctx, child, run_id))
     try:

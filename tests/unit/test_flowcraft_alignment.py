@@ -164,3 +164,11 @@ async def test_schema_and_graph_problems_are_reported_together() -> None:
         await FlowRuntime(registry={"a": recorder([], "a")}).run(blueprint)
     paths = [p.split(":")[0] for p in refused.value.problems]
     assert paths == ["nodes.1.uses", "nodes.2.uses", "nodes[1].id", "edges[0].target"]
+
+
+async def test_subflow_naming_a_blueprint_not_deployed_is_refused_at_start_up() -> None:
+    parent = WorkflowBlueprint.model_validate(
+        bp([{"id": "s", "uses": "subflow", "params": {"blueprintId": "missing"}}], bp_id="parent"))
+    runtime = FlowRuntime(blueprints={"parent": parent})
+    assert runtime.engine.broken["parent"] == [
+        "nodes[0].params.blueprintId: subflow node 's' runs blueprint 'missing', which is not loaded"]
