@@ -117,7 +117,7 @@ def nested_view(flat: Mapping[str, Any]) -> dict[str, Any]:
     """The flat context with dotted keys also reachable as nested dicts, for expressions.
 
     Flowcraft stores ``_outputs.a`` as one flat key; expressions written against it say
-    ``context._outputs.a``, so both spellings must resolve.
+    ``context._outputs.a``, so both spellings must resolve, and so must the bare node id ``a``.
     """
     view: dict[str, Any] = dict(flat)
     for key, value in flat.items():
@@ -132,4 +132,10 @@ def nested_view(flat: Mapping[str, Any]) -> dict[str, Any]:
                 cursor[part] = nxt
             cursor = nxt
         cursor.setdefault(parts[-1], value)
+    # Flowcraft makes a node's output readable under its bare id too (`a.ok` as well as
+    # `_outputs.a.ok`); an alias here instead of a second stored copy. As in Flowcraft, where the output
+    # is written under the bare id once the node ran, it wins over a context key of the same name.
+    for key, value in flat.items():
+        if key.startswith(OUTPUTS_PREFIX):
+            view[key[len(OUTPUTS_PREFIX):]] = value
     return view

@@ -130,7 +130,9 @@ class Engine:
         from .builtins import BUILTIN_IMPLEMENTATIONS
 
         self.registry = dict(registry)
-        self.blueprints: dict[str, WorkflowBlueprint] = dict(blueprints or {})
+        self.blueprints: dict[str, WorkflowBlueprint] = {}
+        # Blueprints refused at registration, with every lint problem: runs of them are refused too.
+        self.broken: dict[str, list[str]] = {}
         self.run_store = run_store
         self.status_store = status_store
         self.coordination = coordination
@@ -146,18 +148,53 @@ class Engine:
         self._signals: dict[str, set[CancelSignal]] = {}
         self._last_touch: dict[str, float] = {}
         self.fault_hook: FaultHook | None = self.options.fault_hook
+        deployed = dict(blueprints or {})
+        for bp in deployed.values():
+            # At start-up a broken blueprint is logged (once, by id) and refused, the others still serve;
+            # the whole set is known, so a subflow naming a blueprint that is not deployed is refused too.
+            self.add_blueprint(bp, strict=False, deployed=deployed)
 
     # ------------------------------------------------------------------ blueprints
-    def add_blueprint(self, bp: WorkflowBlueprint) -> None:
-        """Register (or replace) a blueprint."""
-        self.blueprints[bp.id] = bp
+    def add_blueprint(self, bp: WorkflowBlueprint, *, strict: bool = True,
+                      deployed: Mapping[str, WorkflowBlueprint] | None = None) -> None:
+        """Lint and register (or replace) a blueprint; a blueprint with problems is refused.
+
+        ``strict`` raises BlueprintError listing every problem; otherwise the refusal is logged.
+        ``deployed`` is the full set being registered, against which subflow ids are checked.
+        """
         self._graphs.pop(bp.id, None)
+        problems = self.blueprint_problems(bp, deployed)
+        if not problems:
+            self.blueprints[bp.id] = bp
+            self.broken.pop(bp.id, None)
+            return
+        self.blueprints.pop(bp.id, None)
+        if self.broken.get(bp.id) != problems:
+            logger.error("blueprint %s refused, %d problem(s): %s", bp.id, len(problems), "; ".join(problems))
+        self.broken[bp.id] = problems
+        if strict:
+            raise BlueprintError(f"blueprint {bp.id!r} has {len(problems)} problem(s)", problems)
+
+    def blueprint_problems(self, bp: WorkflowBlueprint,
+                           deployed: Mapping[str, WorkflowBlueprint] | None = None) -> list[str]:
+        """Every lint problem of a blueprint against this engine's registry and evaluator."""
+        from .lint import lint_blueprint
+
+        # Without the full set, a subflow's child may be registered after its parent: checked at run time.
+        issues = lint_blueprint(bp, self.registry, blueprints=deployed)
+        if not isinstance(self.evaluator, SafeEvaluator):
+            # A custom evaluator may accept what the safe one refuses.
+            issues = [i for i in issues if i.code != "bad-expression"]
+        return [str(i) for i in issues]
 
     def graph(self, blueprint_id: str) -> CompiledGraph:
         """The compiled graph of a registered blueprint (compiled once per process)."""
         graph = self._graphs.get(blueprint_id)
         if graph is None:
             bp = self.blueprints.get(blueprint_id)
+            if bp is None and blueprint_id in self.broken:
+                problems = self.broken[blueprint_id]
+                raise BlueprintError(f"blueprint {blueprint_id!r} was refused: {len(problems)} problem(s)", problems)
             if bp is None:
                 raise BlueprintError(f"unknown blueprint {blueprint_id!r}",
                                      [f"known blueprints: {', '.join(sorted(self.blueprints)) or 'none'}"])
@@ -388,12 +425,17 @@ class Engine:
         self._signals.setdefault(job.run_id, set()).add(signal)
         try:
             def arrived(pred: str) -> bool:
-                # Inside a loop a join sees the predecessors that ran in this iteration, not outputs
-                # left over from earlier ones; a predecessor outside the loop ran once, before it.
-                if not graph.same_cycle(pred, node.id):
-                    return True
-                rec = state.record(pred, job.iteration)
-                return rec is not None and rec.status == "completed"
+                # A join sees the predecessors whose edge into it was taken: inside a loop in this
+                # iteration (not outputs left over from earlier ones); from outside the loop, in the
+                # iteration that left it (or the one run of a node in no loop).
+                if graph.same_cycle(pred, node.id):
+                    records = [state.record(pred, job.iteration)]
+                elif not graph.in_cycle(pred):
+                    records = [state.record(pred)]
+                else:
+                    records = [r for r in state.records.values() if r.node_id == pred]
+                return any(rec is not None and rec.status == "completed"
+                           and any(r.target == node.id and r.taken for r in rec.routes) for rec in records)
 
             node_input = resolve_input(node, graph, view, via=job.via, arrived=arrived)
             deps = {**self.dependencies, "runtime": self}
@@ -401,7 +443,9 @@ class Engine:
                               dependencies=deps, run_id=job.run_id, node_id=node.id, signal=signal,
                               blueprint_id=job.blueprint_id)
             ctx.iteration = job.iteration
-            outcome = await self.executor.execute(node, ctx)
+            fallback = node.config.fallback
+            fallback_node = graph.nodes.get(fallback) if fallback is not None and fallback != node.id else None
+            outcome = await self.executor.execute(node, ctx, fallback_node=fallback_node)
         finally:
             signals = self._signals.get(job.run_id)
             if signals is not None:

@@ -80,8 +80,9 @@ class Middleware:
     async def before_node(self, ctx: NodeContext) -> None:
         """Called before the node runs."""
 
-    async def after_node(self, ctx: NodeContext, result: NodeResult) -> None:
-        """Called after the node produced a result."""
+    async def after_node(self, ctx: NodeContext, result: NodeResult | None,
+                         error: BaseException | None = None) -> None:
+        """Called after the node ran: with its result, or (result None) with the error it failed with."""
 
     async def around_node(self, ctx: NodeContext, call_next: NextCall) -> NodeResult:
         """Wraps the node's execution (with its retries); must call call_next once."""

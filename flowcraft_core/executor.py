@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import functools
+import inspect
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,9 +52,12 @@ def resolve_input(node: NodeDefinition, graph: CompiledGraph | None, view: NodeC
     if len(preds) == 1:
         return view.get_sync(output_key(preds[0]))
     if len(preds) > 1:
-        # A join without explicit inputs sees every predecessor that produced an output.
-        return {p: view.get_sync(output_key(p)) for p in preds
-                if view.has_sync(output_key(p)) and (arrived is None or arrived(p))}
+        # A join sees the predecessors whose edge delivered into it; with exactly one (an any-join, or an
+        # all-join whose other edges were not taken) it gets that output itself, as in Flowcraft.
+        delivered = [p for p in preds if view.has_sync(output_key(p)) and (arrived is None or arrived(p))]
+        if len(delivered) == 1:
+            return view.get_sync(output_key(delivered[0]))
+        return {p: view.get_sync(output_key(p)) for p in delivered}
     return None
 
 
@@ -83,8 +89,13 @@ class NodeExecutor:
             return self.builtins[uses]
         raise KeyError(uses)
 
-    async def execute(self, node: NodeDefinition, ctx: NodeContext) -> ExecutionOutcome:
-        """Run the node and return its outcome; never raises for node failures."""
+    async def execute(self, node: NodeDefinition, ctx: NodeContext, *,
+                      fallback_node: NodeDefinition | None = None) -> ExecutionOutcome:
+        """Run the node and return its outcome; never raises for node failures.
+
+        ``fallback_node`` is the blueprint node that ``config.fallback`` names, if it names one: its
+        implementation and params run in the failed node's place (otherwise the value is a ``uses`` key).
+        """
         payload = {"runId": ctx.run_id, "nodeId": node.id, "uses": node.uses, "blueprintId": ctx.blueprint_id}
         await self.events.emit({"type": "node:start", "payload": payload})
         try:
@@ -99,7 +110,14 @@ class NodeExecutor:
         async def call() -> NodeResult:
             for mw in self.middleware:
                 await mw.before_node(ctx)
-            result = await self._attempts(node, impl, ctx, attempts_box)
+            try:
+                result = await self._attempts(node, impl, ctx, attempts_box)
+            except _Failed as failed:
+                # As in Flowcraft, after-hooks also see a node that failed, with its error.
+                for mw in self.middleware:
+                    if accepts_error(mw):
+                        await mw.after_node(ctx, None, failed.error)
+                raise
             for mw in self.middleware:
                 await mw.after_node(ctx, result)
             return result
@@ -113,7 +131,7 @@ class NodeExecutor:
             err = NodeExecutionError(node.id, f"cancelled: {exc}", max(attempts_box[0], 1))
             return ExecutionOutcome(None, err, err.attempt)
         except _Failed as failed:
-            fallback = await self._fallback(node, impl, ctx, failed, payload)
+            fallback = await self._fallback(node, impl, ctx, failed, payload, fallback_node)
             if fallback is None:
                 message = _describe(failed.error)
                 if failed.fallback_error is not None:
@@ -189,20 +207,24 @@ class NodeExecutor:
             raise NodeTimeoutError(f"timed out after {timeout_ms:g} ms") from None
 
     async def _fallback(self, node: NodeDefinition, impl: Any, ctx: NodeContext, failed: _Failed,
-                        payload: dict[str, Any]) -> NodeResult | None:
+                        payload: dict[str, Any], fallback_node: NodeDefinition | None) -> NodeResult | None:
         error = failed.error
         fallback_uses = node.config.fallback
+        fallback_params = node.params
+        if fallback_node is not None:
+            fallback_uses, fallback_params = fallback_node.uses, fallback_node.params
+            ctx.params = copy.deepcopy(fallback_params)
         if fallback_uses is None and not (is_node_class(impl) and impl.fallback is not BaseNode.fallback):
             return None
         await self.events.emit({"type": "node:fallback", "payload": {
-            **payload, "fallback": fallback_uses or f"{impl.__name__}.fallback", "error": _describe(error)}})
+            **payload, "fallback": node.config.fallback or f"{impl.__name__}.fallback", "error": _describe(error)}})
         assert isinstance(ctx.context, NodeContextView)
         ctx.context.discard_changes()
         try:
             if fallback_uses is not None:
                 fb = self.implementation(fallback_uses)
                 if is_node_class(fb):
-                    inst = fb(node.params, node.id)
+                    inst = fb(fallback_params, node.id)
                     raw = await inst.exec(await inst.prep(ctx), ctx)
                     result = NodeResult.coerce(await inst.post(raw, ctx))
                 else:
@@ -238,6 +260,23 @@ def _json_problem(result: NodeResult) -> str | None:
         except (TypeError, ValueError) as exc:
             return f"the node's {what} is not JSON-serializable: {exc}"
     return None
+
+
+def accepts_error(mw: Middleware) -> bool:
+    """True when the middleware's after_node takes the error as a third argument."""
+    return _takes_error(type(mw).after_node)
+
+
+@functools.lru_cache(maxsize=256)
+def _takes_error(method: Any) -> bool:
+    # Middleware written before after_node received errors takes (ctx, result) only; it keeps
+    # being called for successes and is not called for failures rather than crashing on them.
+    try:
+        params = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 4 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
 def _wrap(mw: Middleware, ctx: NodeContext, nxt: Any) -> Any:

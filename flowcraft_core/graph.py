@@ -148,7 +148,10 @@ def compile_graph(bp: WorkflowBlueprint) -> CompiledGraph:
             out_edges[edge.source].append(edge)
             in_edges[edge.target].append(edge)
     succ = {nid: list(dict.fromkeys(e.target for e in edges)) for nid, edges in out_edges.items()}
-    start = [nid for nid in nodes if not in_edges[nid]]
+    # A node named by another's config.fallback runs only in that node's place (as in Flowcraft): it is
+    # not a start node of its own, so a run neither starts it nor waits for it as a terminal.
+    fallbacks = fallback_node_ids(bp)
+    start = [nid for nid in nodes if not in_edges[nid] and nid not in fallbacks]
     terminal = [nid for nid in nodes if not out_edges[nid]]
 
     comps = _strongly_connected(nodes, succ)
@@ -188,6 +191,13 @@ def compile_graph(bp: WorkflowBlueprint) -> CompiledGraph:
         version=bp.version,
         out_positions=_out_positions(out_edges),
     )
+
+
+def fallback_node_ids(bp: WorkflowBlueprint) -> set[str]:
+    """Ids of nodes that another node's ``config.fallback`` names."""
+    ids = {n.id for n in bp.nodes}
+    return {n.config.fallback for n in bp.nodes
+            if n.config.fallback is not None and n.config.fallback in ids and n.config.fallback != n.id}
 
 
 def _out_positions(out_edges: dict[str, list[EdgeDefinition]]) -> dict[str, dict[str, list[int]]]:

@@ -300,6 +300,9 @@ class HealthReport(_ResponseModel):
     checks: dict[str, HealthCheck]
     error: str | None = Field(default=None, description="unhealthy, when status is unhealthy.")
     detail: str | None = None
+    broken_blueprints: dict[str, list[str]] = Field(
+        default_factory=dict, alias="brokenBlueprints",
+        description="Blueprints refused at start-up, with every lint problem (runs of them answer 400).")
 
 
 # ------------------------------------------------------------------------------------------ body parsing
@@ -517,6 +520,10 @@ def _stores(services: AzureServices) -> PurgeStores:
 async def start_run(services: AzureServices, body: StartRunRequest, *, base_url: str) -> ApiResult:
     """Create a run and enqueue its start nodes: 202 with where to poll."""
     adapter = services.adapter
+    problems = adapter.engine.broken.get(body.blueprint_id)
+    if problems:
+        raise ApiError(400, "invalid_blueprint", f"blueprint {body.blueprint_id!r} was refused at start-up: "
+                       + "; ".join(problems), problems=problems)
     if body.blueprint_id not in adapter.engine.blueprints:
         raise ApiError(404, "blueprint_not_found", f"no blueprint {body.blueprint_id!r} is deployed; known: "
                                                    f"{', '.join(sorted(adapter.engine.blueprints)) or 'none'}")
@@ -652,10 +659,11 @@ async def health(context: ApiContext) -> ApiResult:
     results = await asyncio.gather(*(_probe(p) for p in (queue(), cosmos(), redis())))
     checks = dict(zip(names, results, strict=True))
     failed = [f"{name}: {check.detail}" for name, check in checks.items() if not check.ok]
+    broken = dict(services.adapter.engine.broken)
     if failed:
         return 503, HealthReport(status="unhealthy", checks=checks, error="unhealthy",
-                                 detail="; ".join(failed)).dump()
-    return 200, HealthReport(status="healthy", checks=checks).dump()
+                                 detail="; ".join(failed), broken_blueprints=broken).dump()
+    return 200, HealthReport(status="healthy", checks=checks, broken_blueprints=broken).dump()
 
 
 async def _probe(probe: Awaitable[dict[str, Any]]) -> HealthCheck:

@@ -6,7 +6,7 @@ Codes (stable, kebab-case):
 - ``dangling-edge``: an edge's ``source`` or ``target`` names no node.
 - ``unknown-node``: ``metadata.cycleEntryPoints`` or a ``batch-scatter``'s ``gatherNodeId`` names no node.
 - ``unknown-implementation``: ``uses`` (or a scatter's ``workerUsesKey``) is neither registered nor built in.
-- ``unknown-fallback``: ``config.fallback`` is neither registered nor built in.
+- ``unknown-fallback``: ``config.fallback`` is neither a node of the blueprint nor registered nor built in.
 - ``bad-join-strategy``: ``config.joinStrategy`` is not ``all`` or ``any``.
 - ``unexplained-cycle``: a cycle with no declared entry point and no loop controller inside it.
 - ``no-start-node``: nothing to start a run with (no node without incoming edges, no entry point).
@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeGuard
 
+from .builtins.durations import ACCEPTED_FORMS, duration_ms
 from .builtins.names import (
     BATCH_SCATTER,
     BUILTIN_NODE_TYPES,
@@ -141,11 +142,12 @@ class _Linter:
                     f"node {node.id!r} uses {node.uses!r}, which is neither registered nor built in",
                 )
             fallback = node.config.fallback
-            if fallback is not None and not self.known_implementation(fallback):
+            if fallback is not None and fallback not in self.node_ids and not self.known_implementation(fallback):
                 self.add(
                     f"{where}.config.fallback",
                     "unknown-fallback",
-                    f"node {node.id!r} falls back to {fallback!r}, which is neither registered nor built in",
+                    f"node {node.id!r} falls back to {fallback!r}, which is neither a node of the blueprint "
+                    "nor a registered or built-in implementation",
                 )
             if node.config.join_strategy not in JOIN_STRATEGIES:
                 self.add(
@@ -223,19 +225,13 @@ class _Linter:
                 self.add(
                     f"{pwhere}.duration",
                     "missing-param",
-                    f"sleep node {node.id!r} needs params.duration (milliseconds)",
+                    f"sleep node {node.id!r} needs params.duration ({ACCEPTED_FORMS})",
                 )
             else:
-                duration = params["duration"]
-                # Numbers only, as the built-in sleep node accepts; Flowcraft's "5m"-style strings
-                # are reported here rather than failing mid-run.
-                if not (_is_number(duration) and duration >= 0):
-                    self.add(
-                        f"{pwhere}.duration",
-                        "bad-param",
-                        f"sleep node {node.id!r}: duration {duration!r} must be a number of "
-                        "milliseconds >= 0",
-                    )
+                try:
+                    duration_ms(params["duration"])
+                except ValueError as exc:
+                    self.add(f"{pwhere}.duration", "bad-param", f"sleep node {node.id!r}: {exc}")
         elif node.uses == LOOP_CONTROLLER:
             if "condition" not in params or params["condition"] is None or params["condition"] == "":
                 self.add(

@@ -111,7 +111,35 @@ def parse_blueprint(data: Any, *, default_id: str | None = None, where: str = ""
     try:
         return WorkflowBlueprint.model_validate(data)
     except ValidationError as exc:
-        raise _format_validation_error(exc, where or repr(data.get("id", "?"))) from None
+        error = _format_validation_error(exc, where or repr(data.get("id", "?")))
+        # Graph problems are reported with the schema ones, not after the author fixed those.
+        raise BlueprintError(error.message, error.problems + _raw_graph_problems(data)) from None
+
+
+def _raw_graph_problems(data: dict[str, Any]) -> list[str]:
+    """Duplicate node ids and dangling edges of a blueprint dict that does not validate."""
+    raw_nodes, raw_edges = data.get("nodes"), data.get("edges")
+    nodes: list[Any] = raw_nodes if isinstance(raw_nodes, list) else []
+    edges: list[Any] = raw_edges if isinstance(raw_edges, list) else []
+    problems: list[str] = []
+    first: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        nid = node.get("id") if isinstance(node, dict) else None
+        if not isinstance(nid, str):
+            continue
+        if nid in first:
+            problems.append(f"nodes[{i}].id: duplicate node id {nid!r} (first defined at nodes[{first[nid]}])")
+        else:
+            first[nid] = i
+    for i, edge in enumerate(edges):
+        if not isinstance(edge, dict):
+            continue
+        for end in ("source", "target"):
+            value = edge.get(end)
+            if isinstance(value, str) and value not in first:
+                problems.append(f"edges[{i}].{end}: edge {edge.get('source')!r} -> {edge.get('target')!r}: "
+                                f"{end} {value!r} is not a node")
+    return problems
 
 
 def load_blueprints(path: str | Path) -> dict[str, WorkflowBlueprint]:

@@ -23,7 +23,8 @@ API_VERSION = "1.0.0"
 ROUTE_PREFIX = "/api"
 
 _STATUS_TEXT = {
-    200: "OK", 202: "Accepted", 400: "Bad request: malformed JSON, invalid fields or a bad id",
+    200: "OK", 202: "Accepted",
+    400: "Bad request: malformed JSON, invalid fields, a bad id, or a blueprint refused at start-up (with problems)",
     401: "Missing or wrong function key", 404: "No such run, blueprint or node",
     409: "The run is in a state that does not allow this", 413: "Request body over FLOWCRAFT_MAX_REQUEST_BYTES",
     415: "Request body is not JSON", 422: "The deployed blueprint is invalid",

@@ -14,7 +14,7 @@ from .errors import FlowcraftError, InvalidJobError, UnknownRunError
 from .events import EventBus, Middleware
 from .expressions import Evaluator
 from .memory import InMemoryCoordinationStore, InMemoryJobQueue, InMemoryRunStore, InMemoryStatusStore
-from .models import WorkflowBlueprint
+from .models import WorkflowBlueprint, parse_blueprint
 from .protocols import FINAL_STATUSES, Job, RunStatus
 
 logger = logging.getLogger("flowcraft.runtime")
@@ -115,7 +115,7 @@ class FlowRuntime:
                   _trusted_id: bool = False) -> WorkflowResult:
         """Run a blueprint (object, dict or registered id) to its end and return the result."""
         if isinstance(blueprint, Mapping):
-            blueprint = WorkflowBlueprint.model_validate(blueprint)
+            blueprint = parse_blueprint(dict(blueprint))
         if isinstance(blueprint, WorkflowBlueprint):
             self.engine.add_blueprint(blueprint)
             blueprint_id = blueprint.id

@@ -9,6 +9,7 @@ from typing import Any
 from ..context import input_key, output_key
 from ..errors import FlowcraftError
 from ..nodes import NodeContext, NodeResult
+from .durations import duration_ms
 from .names import (
     BATCH_GATHER,
     BATCH_SCATTER,
@@ -22,10 +23,11 @@ from .names import (
 
 
 async def sleep_node(ctx: NodeContext) -> NodeResult:
-    """Pause the branch for ``params.duration`` ms without holding a worker; passes its input on."""
-    duration = ctx.params.get("duration")
-    if not isinstance(duration, int | float) or isinstance(duration, bool) or duration < 0:
-        raise FlowcraftError(f"sleep node {ctx.node_id!r} needs params.duration in ms (a number >= 0)")
+    """Pause the branch for ``params.duration`` (ms or "5s"-style) without holding a worker; passes its input on."""
+    try:
+        duration = duration_ms(ctx.params.get("duration"))
+    except ValueError as exc:
+        raise FlowcraftError(f"sleep node {ctx.node_id!r}: {exc}") from None
     return NodeResult(output=ctx.input, directives={"sleep_seconds": duration / 1000})
 
 
@@ -71,9 +73,13 @@ async def subflow_node(ctx: NodeContext) -> NodeResult:
         for start in compile_graph(child_bp).start_node_ids:
             initial[input_key(start)] = ctx.input
 
-    child = FlowRuntime(registry=engine.registry, blueprints=engine.blueprints,
+    child = FlowRuntime(registry=engine.registry,
                         dependencies={k: v for k, v in engine.dependencies.items() if k != "runtime"},
                         evaluator=engine.evaluator, event_bus=engine.events, middleware=engine.middleware)
+    # The parent's blueprints were linted when registered: share them instead of linting every one again
+    # for each child run.
+    child.engine.blueprints.update(engine.blueprints)
+    child.engine.broken.update(engine.broken)
     run_id = f"{ctx.run_id}.{ctx.node_id}"
     watcher = asyncio.create_task(_forward_cancel(ctx, child, run_id))
     try:
@@ -124,7 +130,7 @@ async def batch_scatter_node(ctx: NodeContext) -> NodeResult:
                         "gatherNodeId": gather, "batchSize": len(items), "batchIndex": i})
     await ctx.context.set(f"{gather}_allWorkerIds", worker_ids)
     await ctx.context.set(f"{gather}_hasMore", False)
-    return NodeResult(output={"gatherNodeId": gather, "hasMore": False, "count": len(items)},
+    return NodeResult(output={"gatherNodeId": gather, "hasMore": False},
                       dynamic_nodes=dynamic or None)
 
 
@@ -160,7 +166,8 @@ async def loop_controller_node(ctx: NodeContext) -> NodeResult:
                                  f"{condition!r} still held")
     # The counter restarts when the loop exits so that an enclosing loop can run it again.
     await ctx.context.set(counter_key, done if keep_going else 0)
-    return NodeResult(output=ctx.input, action="continue" if keep_going else "break")
+    # Flowcraft's controller has no output (null): the loop's body and exit read the context instead.
+    return NodeResult(output=None, action="continue" if keep_going else "break")
 
 
 BUILTIN_IMPLEMENTATIONS: dict[str, Any] = {

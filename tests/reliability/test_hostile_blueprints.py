@@ -1,10 +1,10 @@
 """Hostile blueprints and run ids through the distributed worker.
 
 Edge conditions, transforms and loop conditions that try to import modules, walk dunders, call what
-is not allowed or blow up CPU or memory: each run fails quickly with an expression error naming the
-edge, the target never runs, and the same worker goes on to complete a good run. Run ids that Cosmos
-DB cannot hold (``/``, ``\\``, ``#``, ``?``), or that are too long or empty, are refused by start_run
-before anything is written.
+is not allowed or blow up CPU or memory: lint refuses each blueprint when the worker starts, and one
+that gets past lint fails its run quickly with an expression error naming the edge, the target never
+runs, and the same worker goes on to complete a good run. Run ids that Cosmos DB cannot hold (``/``,
+``\\``, ``#``, ``?``), or that are too long or empty, are refused by start_run before anything is written.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from rel_workflows import blueprints as base_blueprints
 from rel_workflows import registry
 
 from flowcraft_core.engine import validate_run_id
+from flowcraft_core.errors import BlueprintError
 from flowcraft_core.models import WorkflowBlueprint
 
 # (expression, where it goes, what the error says)
@@ -65,6 +66,24 @@ async def test_hostile_expressions_fail_their_run_cleanly_and_the_worker_survive
         blueprints[f"hostile-{i}"] = hostile_blueprint(i, expression, where)
     blueprints["hostile-loop"] = HOSTILE_LOOP
     worker = await rel.build(registry, blueprints)
+    engine = worker.adapter.engine
+
+    # First line of defence: lint refuses, when the worker starts, every one whose expression is unsafe
+    # on its face; the two that are only too costly once evaluated pass lint and fail at run time.
+    refused = {i for i in range(len(HOSTILE)) if f"hostile-{i}" in engine.broken}
+    assert refused == set(range(len(HOSTILE))) - {1, 2}
+    for i in sorted(refused):
+        expression, where, says = HOSTILE[i]
+        problems = engine.broken[f"hostile-{i}"]
+        assert len(problems) == 1 and problems[0].startswith(f"edges[0].{where}:") and says in problems[0], problems
+        with pytest.raises(BlueprintError, match="refused"):
+            await worker.adapter.start_run(f"hostile-{i}", rel.context(f"refused{i}"))
+    assert "names containing '__'" in " ".join(engine.broken["hostile-loop"])
+    # Second line: a blueprint that got past lint (registered behind the engine's back here) still fails
+    # its run at the expression, never running it.
+    for bp_id in [f"hostile-{i}" for i in sorted(refused)] + ["hostile-loop"]:
+        engine.blueprints[bp_id] = blueprints[bp_id]
+        engine.broken.pop(bp_id)
 
     started = time.monotonic()
     runs = {i: await worker.adapter.start_run(f"hostile-{i}", rel.context(f"h{i}")) for i in range(len(HOSTILE))}

@@ -286,7 +286,13 @@ def test_batch_scatter_params() -> None:
         ({"duration": "soon"}, "bad-param"),
         ({"duration": 0}, None),
         ({"duration": 1500.5}, None),
-        ({"duration": "5m"}, "bad-param"),  # Flowcraft's string form: our sleep node takes ms only
+        ({"duration": "5m"}, None),  # Flowcraft's string forms
+        ({"duration": "500ms"}, None),
+        ({"duration": "2h"}, None),
+        ({"duration": "1d"}, None),
+        ({"duration": "5 minutes"}, "bad-param"),
+        ({"duration": "1.5s"}, "bad-param"),
+        ({"duration": "5w"}, "bad-param"),
     ],
 )
 def test_sleep_duration(params: dict[str, Any], expected: str | None) -> None:
