@@ -505,7 +505,15 @@ class DevHost:
         return hmac.compare_digest(key.encode(), self.function_key.encode())
 
     async def _call_http(self, fn: HostedFunction, request: web.Request, route_values: dict[str, str]) -> web.Response:
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.RequestPayloadError as exc:
+            # A body that does not decode as its Content-Encoding declares (gzip that is not gzip) is the
+            # client's fault, as on Azure: 400, and the connection closed (the rest of it is unreadable).
+            detail = " ".join(str(exc).split())
+            response = _error(400, "invalid_body_encoding", f"the request body could not be read: {detail}")
+            response.force_close()
+            return response
         req = func.HttpRequest(request.method, str(request.url), headers=dict(request.headers),
                                params=dict(request.query), route_params=route_values, body=body)
         task = self._track(self._invoke(fn, req, f"This function was programmatically called via HTTP "
