@@ -195,7 +195,10 @@ def _where(path: _Path) -> str:
         parts.append(f"[{key}]" if isinstance(key, int) and not isinstance(key, bool) else _safe(str(key)))
     if not parts:
         return ""
-    shown = ".".join(reversed(parts)).replace(".[", "[")
-    if len(shown) > 200:
-        shown = "..." + shown[-200:]
+    parts.reverse()
+    if len(parts) > 8:  # a path 300 deep says no more than its ends and its length
+        parts = [*parts[:4], f"<{len(parts) - 6} more>", *parts[-2:]]
+    shown = ".".join(parts).replace(".[", "[")
+    if len(shown) > 300:
+        shown = shown[:150] + "..." + shown[-150:]
     return f"at {shown}: "
