@@ -89,7 +89,7 @@ def check(value: Any, *, what: str, max_depth: int = MAX_DEPTH) -> Any:
 def record_violation(record: NodeRecord) -> str | None:
     """Why a node's record cannot be committed (its output, action, context writes or dynamic nodes)."""
     for what, value in (("output", record.output), ("action", record.action),
-                        ("dynamic nodes", record.dynamic_nodes)):
+                        ("dynamic nodes", record.dynamic_nodes), ("context deletes", record.deletes)):
         problem = violation(value)
         if problem is not None:
             return f"the node's {what} is not acceptable JSON: {problem}"
@@ -104,6 +104,9 @@ def checked_record(record: NodeRecord) -> NodeRecord:
     """The record itself, or a failed record of the same execution saying why it broke the policy."""
     problem = record_violation(record)
     if problem is None:
+        if record.error is not None and violation(record.error) is not None:
+            # An error message quoting what the node raised (a lone surrogate, say) is ours to store.
+            record.error = sanitize(record.error)
         return record
     return NodeRecord(node_id=record.node_id, iteration=record.iteration, status="failed",
                       error={"nodeId": record.node_id, "message": problem, "attempt": record.attempts},

@@ -291,8 +291,13 @@ class AzureQueueAdapter:
             try:
                 await self.fail_poisoned(msg.content, base64_encoded=True, dequeue_count=msg.dequeue_count)
             except Exception:
-                logger.exception("could not mark the run of poisoned job %s failed", job.to_dict())
-                return
+                if msg.dequeue_count <= 2 * opts.max_dequeue_count:
+                    # The stores are probably down: keep the message, so that a later delivery fails the run.
+                    logger.exception("could not mark the run of poisoned job %s failed", job.to_dict())
+                    return
+                # Failing the run keeps failing too: stop the loop; the reconciler still sees the run.
+                logger.exception("could not mark the run of poisoned job %s failed after %d deliveries; "
+                                 "moving it to the poison queue anyway", job.to_dict(), msg.dequeue_count)
             await self._to_poison(msg)
             return
         job.attempt = max(job.attempt, msg.dequeue_count)

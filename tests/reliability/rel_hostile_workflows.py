@@ -55,6 +55,11 @@ async def big_number(ctx: NodeContext) -> NodeResult:
     return NodeResult(output={"x": 1e308})
 
 
+async def hostile_error(ctx: NodeContext) -> NodeResult:
+    """Fail with an error message holding a lone surrogate (it ends up in the run's reason)."""
+    raise RuntimeError("refused: \udc80 is not text")
+
+
 def _bp(bp_id: str, nodes: list[dict[str, Any]], edges: list[dict[str, Any]]) -> WorkflowBlueprint:
     return WorkflowBlueprint.model_validate({"id": bp_id, "nodes": nodes, "edges": edges})
 
@@ -72,10 +77,11 @@ _BLUEPRINTS = [
                        {"id": "never", "uses": "echo"}], [{"source": "bad", "target": "never"}]),
     _bp("bad-write", [{"id": "bad", "uses": "hostile-write", "config": {"maxRetries": 1}},
                       {"id": "never", "uses": "echo"}], [{"source": "bad", "target": "never"}]),
+    _bp("bad-error", [{"id": "bad", "uses": "hostile-error", "config": {"maxRetries": 1}}], []),
     _bp("bad-transform", [{"id": "big", "uses": "big-number"}, {"id": "never", "uses": "echo"}],
         [{"source": "big", "target": "never", "transform": "result.output.x * 10"}]),
 ]
 
 registry: dict[str, Any] = {"echo": echo, "hostile-output": hostile_output, "hostile-write": hostile_write,
-                            "big-number": big_number}
+                            "big-number": big_number, "hostile-error": hostile_error}
 blueprints: dict[str, WorkflowBlueprint] = {bp.id: bp for bp in _BLUEPRINTS}

@@ -252,6 +252,37 @@ async def test_an_edge_transform_overflowing_to_infinity_fails_the_node(app_host
     assert final["status"] == "failed" and "finite" in final["reason"], final
 
 
+async def test_a_node_error_quoting_a_lone_surrogate_is_stored_sanitized(app_host: AppHost) -> None:
+    status, body = await app_host.post("runs", {"blueprintId": "bad-error"})
+    assert status == 202, body
+    final = await app_host.wait_for(body["runId"], "completed", "failed")
+    assert final["status"] == "failed" and "refused: \ufffd is not text" in final["reason"], final
+
+
+async def test_a_job_whose_run_cannot_be_failed_stops_looping_after_twice_the_deliveries(
+        rel: RelHarness, caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from flowcraft_core.azure.queue import encode_job
+    from flowcraft_core.protocols import Job
+
+    worker = await rel.build(hw.registry, hw.blueprints, start=False)
+    adapter = worker.adapter
+
+    async def cannot_fail(*args: Any, **kwargs: Any) -> str | None:
+        raise RuntimeError("the status store refuses the write")
+
+    adapter.fail_poisoned = cannot_fail  # type: ignore[method-assign]
+    text = encode_job(Job("stuck-run", "plain", "a"))
+    limit = adapter.worker_options.max_dequeue_count
+    async with plain_queue_client(rel.env.queue_connection_string, f"{rel.env.queue_name}-poison") as poison:
+        for deliveries in (limit + 1, 2 * limit):  # kept: a later delivery may still fail the run
+            await adapter._process(SimpleNamespace(id="m", content=text, dequeue_count=deliveries, pop_receipt="p"))
+        assert await queue_length(poison) == 0
+        await adapter._process(SimpleNamespace(id="m", content=text, dequeue_count=2 * limit + 1, pop_receipt="p"))
+        assert [m.content async for m in poison.receive_messages()] == [text]  # and no longer redelivered
+
+
 async def test_a_run_stored_with_data_past_the_policy_still_reads(app_host: AppHost) -> None:
     # As an older version (or a hand edit) might have left it: the stand-in stores both.
     store = app_host.services.adapter.status_store
