@@ -5,10 +5,11 @@ operation's id, and turns the ``(status, body)`` it gets back into a ``func.Http
 :func:`render`. Everything that decides a status code lives here, so it is tested without the Functions
 host, and :mod:`flowcraft_core.openapi` documents the same :data:`OPERATIONS` table.
 
-Errors are always ``{"error": code, "detail": text}``: 400 malformed JSON, invalid fields or a bad run id;
-404 unknown run, blueprint or node; 409 a run in the wrong state; 413 a body over
+Errors are always ``{"error": code, "detail": text}``: 400 malformed JSON or JSON that breaks the JSON
+policy (:mod:`flowcraft_core.json_policy`: non-finite numbers, lone surrogates, nesting past 64 levels),
+invalid fields or a bad run id; 404 unknown run, blueprint or node; 409 a run in the wrong state; 413 a body over
 ``FLOWCRAFT_MAX_REQUEST_BYTES``; 415 a body that is not JSON; 503 a store that cannot be reached. Bad
-input never produces a 500.
+input never produces a 500, and :func:`render` always produces strict UTF-8 JSON, whatever a run holds.
 """
 
 from __future__ import annotations
