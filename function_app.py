@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from flowcraft_core import http_api
 from flowcraft_core.azure.services import AzureServices, build_services, run_retention
-from flowcraft_core.errors import FlowcraftError, InvalidJobError
+from flowcraft_core.errors import FlowcraftError, InvalidJobError, NotAJobError
 from flowcraft_core.settings import Settings
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -85,11 +85,17 @@ async def run_job(msg: func.QueueMessage) -> None:
         # The host already decoded the base64 message text (host.json messageEncoding).
         outcome = await adapter.handle_message(msg.get_body(), dequeue_count=msg.dequeue_count or 1,
                                                message_id=msg.id)
+    except NotAJobError as exc:
+        # Not base64/JSON/a job at all (however it broke the decoder): no retry can change that, so it
+        # goes to the poison queue at once, logged once here; fail_poisoned_job drops it with its reason.
+        logger.error("queue message %s is not a Flowcraft job (%s); moving it to the poison queue", msg.id, exc)
+        await adapter.poison(msg.get_body(), reason=str(exc))
+        return
     except InvalidJobError as exc:
-        # Not a job of ours, or a job for a run or node that does not exist: no retry can change that.
-        # Returning deletes the message; the log keeps the evidence. (Moving it to the poison queue would
-        # only hand it to fail_poisoned_job, which cannot tie it to a run either.) A run whose job was
-        # dropped here by mistake stalls and is picked up by the reconciler.
+        # A well-formed job for a run or node that does not exist, or that its run never scheduled: no
+        # retry can change that either. Returning deletes the message; the log keeps the evidence. (In
+        # the poison queue, fail_poisoned_job would fail the run it names: a forged job must not do that.)
+        # A run whose job was dropped here by mistake stalls and is picked up by the reconciler.
         logger.error("dropped queue message %s (delivery %s): %s; body: %.300r", msg.id, msg.dequeue_count,
                      exc, msg.get_body())
         return

@@ -7,9 +7,10 @@ leaves nothing behind.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+from .json_policy import JsonPolicyError, violation
 
 _DELETED = object()
 OUTPUTS_PREFIX = "_outputs."
@@ -27,11 +28,11 @@ def input_key(node_id: str) -> str:
 
 
 def ensure_json(value: Any, *, what: str) -> Any:
-    """Reject values that cannot be stored as JSON, with the key in the message."""
-    try:
-        json.dumps(value, allow_nan=False)  # NaN and Infinity are not JSON: Cosmos DB would refuse them
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
+    """Reject values the JSON policy refuses (see json_policy), with the key in the message."""
+    problem = violation(value)
+    if problem is not None:
+        # A TypeError (JsonPolicyError is one) inside the node: the attempt fails with this reason.
+        raise JsonPolicyError(f"{what} is not JSON-serializable: {problem}")
     return value
 
 
@@ -60,6 +61,7 @@ class NodeContextView:
         """Write a key; the value must be JSON-serializable."""
         if not isinstance(key, str) or not key:
             raise TypeError("context keys must be non-empty strings")
+        ensure_json(key, what="a context key")
         self._writes[key] = ensure_json(value, what=f"context value for {key!r}")
 
     def delete_sync(self, key: str) -> None:

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from . import json_policy
 from .context import NodeContextView
 from .errors import (
     BlueprintError,
@@ -212,7 +213,7 @@ class Engine:
         elif not trusted_id:
             validate_run_id(run_id)
         initial = dict(context or {})
-        json.dumps(initial)  # fail here, not in a worker, on a context that cannot be stored
+        json_policy.check(initial, what="the initial context")  # refused before anything is stored
         entries = entry_node_ids(graph)
         if not entries:
             raise BlueprintError(f"blueprint {blueprint_id!r} has no start node", ["(root): no start node"])
@@ -263,7 +264,7 @@ class Engine:
             raise RunStateError(f"run {run_id!r} awaits several nodes "
                                 f"({', '.join(r.node_id for r in waiting)}); name the node to resume")
         rec = waiting[0]
-        json.dumps(output)
+        json_policy.check(output, what="the resume output")
         graph = self.graph(state.header.blueprint_id)
         result = NodeResult(output=output, action=action)
         try:
@@ -340,7 +341,7 @@ class Engine:
                 await self._checkpoint("after-claim", job.run_id, job.node_id)
                 state = await self._await_visible(state, job, released_by)
             started_ms = time.time_ns() // 1_000_000
-            record = await self._execute(state, graph, node, job)
+            record = json_policy.checked_record(await self._execute(state, graph, node, job))
             record.started_at, record.finished_at = started_ms, time.time_ns() // 1_000_000
             executed = True
             await self._checkpoint("after-execute", job.run_id, job.node_id)

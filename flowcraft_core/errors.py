@@ -56,3 +56,7 @@ class RunStateError(FlowcraftError):
 
 class InvalidJobError(FlowcraftError):
     """A queue message is not a Flowcraft job, or names something that does not exist."""
+
+
+class NotAJobError(InvalidJobError):
+    """A queue message that does not even decode to a job (not base64, not JSON, wrong shape...)."""

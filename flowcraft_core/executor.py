@@ -7,7 +7,6 @@ import contextlib
 import copy
 import functools
 import inspect
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from .context import INPUTS_PREFIX, NodeContextView, input_key, output_key
 from .errors import NodeExecutionError, NodeTimeoutError, WorkflowCancelled
 from .events import EventBus, Middleware
 from .graph import CompiledGraph
+from .json_policy import violation
 from .models import NodeDefinition
 from .nodes import BaseNode, NodeContext, NodeResult, call_maybe_async, is_node_class
 
@@ -253,12 +253,11 @@ class _Failed(Exception):
 
 
 def _json_problem(result: NodeResult) -> str | None:
-    """Why a result's output or dynamic nodes cannot be stored as JSON, or None when they can."""
+    """Why a result's output or dynamic nodes break the JSON policy, or None when they conform."""
     for what, value in (("output", result.output), ("dynamic_nodes", result.dynamic_nodes)):
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            return f"the node's {what} is not JSON-serializable: {exc}"
+        problem = violation(value)
+        if problem is not None:
+            return f"the node's {what} is not JSON-serializable: {problem}"
     return None
 
 

@@ -5,10 +5,11 @@ operation's id, and turns the ``(status, body)`` it gets back into a ``func.Http
 :func:`render`. Everything that decides a status code lives here, so it is tested without the Functions
 host, and :mod:`flowcraft_core.openapi` documents the same :data:`OPERATIONS` table.
 
-Errors are always ``{"error": code, "detail": text}``: 400 malformed JSON, invalid fields or a bad run id;
-404 unknown run, blueprint or node; 409 a run in the wrong state; 413 a body over
+Errors are always ``{"error": code, "detail": text}``: 400 malformed JSON or JSON that breaks the JSON
+policy (:mod:`flowcraft_core.json_policy`: non-finite numbers, lone surrogates, nesting past 64 levels),
+invalid fields or a bad run id; 404 unknown run, blueprint or node; 409 a run in the wrong state; 413 a body over
 ``FLOWCRAFT_MAX_REQUEST_BYTES``; 415 a body that is not JSON; 503 a store that cannot be reached. Bad
-input never produces a 500.
+input never produces a 500, and :func:`render` always produces strict UTF-8 JSON, whatever a run holds.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import json_policy
 from .builtins.names import WEBHOOK
 from .engine import RUN_ID_PATTERN, validate_run_id
 from .errors import BlueprintError, FlowcraftError, RunStateError, UnknownRunError
@@ -343,14 +345,20 @@ def read_json(request: ApiRequest, *, max_bytes: int, required: bool) -> Any:
     except UnicodeDecodeError as exc:
         raise ApiError(400, "invalid_json", f"request body is not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc.msg} at line {exc.lineno} "
                                             f"column {exc.colno}") from None
     except ValueError as exc:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise ApiError(400, "invalid_json", "request body is nested too deeply") from None
+        raise ApiError(400, "invalid_json", f"request body is nested deeper than {json_policy.MAX_DEPTH} "
+                                            "levels") from None
+    # Checked here, before anything is stored: 1e999 (infinity), lone surrogates, nesting too deep.
+    problem = json_policy.violation(data)
+    if problem is not None:
+        raise ApiError(400, "invalid_json", f"request body is not acceptable JSON: {problem}")
+    return data
 
 
 def parse_model(model: type[ModelT], data: Any) -> ModelT:
@@ -403,24 +411,44 @@ def iso_utc(value: Any) -> str | None:
     """Epoch seconds as ISO-8601 UTC with milliseconds (``2024-05-01T12:00:00.123Z``)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return value if isinstance(value, str) else None
-    return datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError):  # not a time at all (NaN, out of range)
+        return None
 
 
 def run_view(item: Mapping[str, Any]) -> dict[str, Any]:
-    """The public shape of a status item: documented fields only, timestamps as ISO strings."""
-    status = item.get("status")
+    """The public shape of a status item: documented fields only, timestamps as ISO strings.
+
+    Never raises on odd stored data (nested too deep to serialize, a value of the wrong type): the view
+    is then built from a sanitized copy (json_policy.sanitize), so a run stays readable whatever it holds.
+    """
+    try:
+        return _run_view(item)
+    except Exception as exc:
+        logger.warning("run %s: its status item needed sanitizing to be shown: %s",
+                       json_policy.sanitize(item.get("runId") or item.get("id")), _describe(exc))
+        return _run_view(json_policy.sanitize(dict(item)))
+
+
+def _run_view(item: Mapping[str, Any]) -> dict[str, Any]:
+    status, result, awaiting = item.get("status"), item.get("result"), item.get("awaiting")
     view = RunView(
         run_id=str(item.get("runId") or item.get("id")),
-        blueprint_id=item.get("blueprintId"),
+        blueprint_id=_text_or_none(item.get("blueprintId")),
         # A status this version does not know (written by a newer worker) still shows, as running.
         status=status if status in RUN_STATUSES else "running",
         created_at=iso_utc(item.get("createdAt")),
         last_updated=iso_utc(item.get("lastUpdated")),
-        result=item.get("result") or None,
-        reason=item.get("reason"),
-        awaiting=(list(item.get("awaiting") or []) or None) if status == "awaiting" else None,
+        result=result if isinstance(result, dict) and result else None,
+        reason=_text_or_none(item.get("reason")),
+        awaiting=([str(n) for n in awaiting] or None) if status == "awaiting" and isinstance(awaiting, list) else None,
     )
     return view.dump()
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else value if isinstance(value, str) else str(value)
 
 
 def api_base_url(request: ApiRequest, route: str) -> str:
@@ -735,6 +763,8 @@ async def _ep_webhook(request: ApiRequest, context: ApiContext) -> ApiResult:
     action = request.params.get("action") or None
     if action is not None and len(action) > MAX_ACTION_LENGTH:
         raise ApiError(400, "invalid_request", f"action must be at most {MAX_ACTION_LENGTH} characters")
+    if action is not None and json_policy.violation(action) is not None:
+        raise ApiError(400, "invalid_request", "action is not valid Unicode")
     data = read_json(request, max_bytes=context.settings.max_request_bytes, required=False)
     output = None if data is _MISSING else data
     return await webhook(await context.services(), run_id, node_id, output, action=action,
@@ -868,6 +898,9 @@ def error_result(exc: Exception, operation_id: str = "") -> ApiResult:
     """Map a domain or infrastructure exception to its status code and error body."""
     if isinstance(exc, UnknownRunError):
         return ApiError(404, "run_not_found", str(exc)).result()
+    if isinstance(exc, json_policy.JsonPolicyError):
+        # Request bodies are checked while parsing; this catches a value the API built from one.
+        return ApiError(400, "invalid_json", str(exc)).result()
     if isinstance(exc, RunStateError):
         return ApiError(409, "run_state_conflict", str(exc)).result()
     if isinstance(exc, BlueprintError):
@@ -898,7 +931,11 @@ def _is_unavailable(exc: Exception) -> bool:
 
 
 def render(result: ApiResult) -> tuple[int, bytes, dict[str, str]]:
-    """Status, UTF-8 JSON body and headers of an answer (Location for accepted runs)."""
+    """Status, body and headers of an answer (Location for accepted runs, an Answer's own); never raises.
+
+    A JSON body that is not strict JSON (a lone surrogate, a non-finite number, nesting too deep: data
+    stored before the JSON policy, or by a node that bypassed it) is rendered from a sanitized copy.
+    """
     status, body = result
     headers = {"Content-Type": f"{JSON_MEDIA_TYPE}; charset=utf-8", "Cache-Control": "no-store"}
     location = body.get("statusUrl")
@@ -909,4 +946,10 @@ def render(result: ApiResult) -> tuple[int, bytes, dict[str, str]]:
     raw = getattr(body, "raw", None)
     if isinstance(raw, bytes):
         return status, raw, headers
-    return status, json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(), headers
+    try:
+        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except Exception as exc:
+        logger.warning("an answer needed sanitizing to be rendered as JSON: %s", _describe(exc))
+        payload = json.dumps(json_policy.sanitize(body), separators=(",", ":"), ensure_ascii=False,
+                             allow_nan=False).encode()
+    return status, payload, headers

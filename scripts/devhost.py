@@ -42,6 +42,7 @@ import signal
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -301,6 +302,51 @@ def hosted_functions(app: func.FunctionApp) -> list[HostedFunction]:
     return result
 
 
+class BodyEncodingError(ValueError):
+    """A request body that cannot be decoded as its Content-Encoding says (400), or an unknown one (415)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+
+
+def decode_body(raw: bytes, content_encoding: str | None, *, limit: int = MAX_HTTP_BODY_BYTES) -> bytes:
+    """Undo the Content-Encoding codings (gzip, deflate, identity), decoding at most ``limit`` bytes."""
+    codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
+    for coding in reversed(codings):  # listed in the order they were applied
+        if coding == "identity":
+            continue
+        if coding in ("gzip", "x-gzip"):
+            wbits = [zlib.MAX_WBITS | 16]
+        elif coding == "deflate":
+            wbits = [zlib.MAX_WBITS, -zlib.MAX_WBITS]  # zlib-wrapped, as the RFC says, or raw as some send
+        else:
+            raise BodyEncodingError(415, "unsupported_content_encoding",
+                                    f"Content-Encoding {coding!r} is not supported (gzip, deflate, identity)")
+        raw = _inflate(raw, coding, wbits, limit)
+    return raw
+
+
+def _inflate(raw: bytes, coding: str, wbits: Sequence[int], limit: int) -> bytes:
+    error: Exception | None = None
+    for bits in wbits:
+        inflater = zlib.decompressobj(bits)
+        try:
+            out = inflater.decompress(raw, limit + 1)
+        except zlib.error as exc:
+            error = exc
+            continue
+        if len(out) > limit or inflater.unconsumed_tail:  # a decompression bomb stops at the limit
+            raise BodyEncodingError(413, "payload_too_large", f"the decoded request body exceeds {limit} bytes")
+        if not inflater.eof:
+            error = zlib.error("the compressed body is truncated")
+            continue
+        return out
+    raise BodyEncodingError(400, "invalid_body_encoding",
+                            f"the request body is not valid {coding} (its Content-Encoding): {error}")
+
+
 def _error(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
 
@@ -368,7 +414,8 @@ class DevHost:
         # [\s\S] rather than ".": a path with an encoded newline must still reach our JSON 404.
         web_app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle_http)
         # Requests in progress at shutdown get 10 s to finish.
-        self._runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=10.0)
+        # Bodies are decoded by decode_body, so that a bad Content-Encoding gets the API's error shape.
+        self._runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=10.0, auto_decompress=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -505,7 +552,12 @@ class DevHost:
         return hmac.compare_digest(key.encode(), self.function_key.encode())
 
     async def _call_http(self, fn: HostedFunction, request: web.Request, route_values: dict[str, str]) -> web.Response:
-        body = await request.read()
+        try:
+            body = decode_body(await request.read(), request.headers.get("Content-Encoding"))
+        except BodyEncodingError as exc:
+            # A body that does not decode as its Content-Encoding declares (gzip that is not gzip) is the
+            # client's fault: a 4xx in the API's error shape, never a 500.
+            return _error(exc.status, exc.code, str(exc))
         req = func.HttpRequest(request.method, str(request.url), headers=dict(request.headers),
                                params=dict(request.query), route_params=route_values, body=body)
         task = self._track(self._invoke(fn, req, f"This function was programmatically called via HTTP "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -178,13 +179,23 @@ class AzureQueueAdapter:
         job.attempt = max(job.attempt, dequeue_count)
         return await self.handle_job(job, delivery_id=message_id)
 
+    async def poison(self, body: bytes, *, reason: str) -> None:
+        """Put a message (its decoded body) on the poison queue, base64 as on the wire; raises if it cannot."""
+        if self.poison_queue_client is None:
+            raise InvalidJobError(f"no poison queue to move the message to ({reason})")
+        await self.poison_queue_client.send_message(base64.b64encode(body).decode())
+
     async def fail_poisoned(self, body: bytes | str, *, base64_encoded: bool = False,
                             dequeue_count: int | None = None) -> str | None:
-        """Mark the run of a message that kept failing as failed; returns the run id, if any."""
+        """Mark the run of a message that kept failing as failed; returns the run id, if any.
+
+        A message that is not a job is logged with the reason and dropped: it names no run to fail, and
+        raising would only move it on to ``<queue>-poison-poison``.
+        """
         try:
             job = parse_job(body, base64_encoded=base64_encoded)
-        except InvalidJobError as exc:
-            logger.error("poison message is not a job (%s); dropped: %.200r", exc, body)
+        except Exception as exc:  # NotAJobError, whatever the body holds
+            logger.error("poison message is not a Flowcraft job (%s); dropped: %.200r", exc, body)
             return None
         reason = (f"job for node {job.node_id!r} kept failing and was moved to the poison queue"
                   + (f" after {dequeue_count} deliveries" if dequeue_count else ""))
@@ -270,7 +281,7 @@ class AzureQueueAdapter:
         started = time.monotonic()
         try:
             job = parse_job(msg.content, base64_encoded=True)
-        except InvalidJobError as exc:
+        except Exception as exc:  # NotAJobError; anything else is just as much not a job
             logger.error("message %s is not a Flowcraft job (%s); moving it to the poison queue", msg.id, exc)
             await self._to_poison(msg)
             return
@@ -280,8 +291,13 @@ class AzureQueueAdapter:
             try:
                 await self.fail_poisoned(msg.content, base64_encoded=True, dequeue_count=msg.dequeue_count)
             except Exception:
-                logger.exception("could not mark the run of poisoned job %s failed", job.to_dict())
-                return
+                if msg.dequeue_count <= 2 * opts.max_dequeue_count:
+                    # The stores are probably down: keep the message, so that a later delivery fails the run.
+                    logger.exception("could not mark the run of poisoned job %s failed", job.to_dict())
+                    return
+                # Failing the run keeps failing too: stop the loop; the reconciler still sees the run.
+                logger.exception("could not mark the run of poisoned job %s failed after %d deliveries; "
+                                 "moving it to the poison queue anyway", job.to_dict(), msg.dequeue_count)
             await self._to_poison(msg)
             return
         job.attempt = max(job.attempt, msg.dequeue_count)

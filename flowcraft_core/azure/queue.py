@@ -11,8 +11,9 @@ from typing import Any
 from azure.storage.queue.aio import QueueClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .. import json_policy
 from ..engine import RUN_ID_PATTERN
-from ..errors import InvalidJobError
+from ..errors import NotAJobError
 from ..protocols import Job
 from .retry import RetryPolicy, retry_transient
 
@@ -53,27 +54,46 @@ def encode_job(job: Job) -> str:
 
 
 def parse_job(body: bytes | str, *, base64_encoded: bool = False) -> Job:
-    """Turn a message body into a Job, or raise InvalidJobError saying exactly what is wrong."""
+    """Turn a message body into a Job, or raise NotAJobError saying exactly what is wrong.
+
+    Whatever the body holds, the only exception this raises is NotAJobError: a message that makes the
+    decoder itself fail (nested thousands deep, a number of 5000 digits...) is just as much not a job,
+    and a worker must be able to poison it like any other.
+    """
+    try:
+        return _parse_job(body, base64_encoded=base64_encoded)
+    except NotAJobError:
+        raise
+    except Exception as exc:
+        raise NotAJobError(f"message could not be decoded: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _parse_job(body: bytes | str, *, base64_encoded: bool) -> Job:
     if isinstance(body, str):
         body = body.encode("utf-8", errors="replace")
     if len(body) > MAX_MESSAGE_BYTES:
-        raise InvalidJobError(f"message of {len(body)} bytes is larger than any job ({MAX_MESSAGE_BYTES})")
+        raise NotAJobError(f"message of {len(body)} bytes is larger than any job ({MAX_MESSAGE_BYTES})")
     if base64_encoded:
         try:
             body = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
-            raise InvalidJobError("message is not base64 (the queue's messageEncoding is base64)") from None
+            raise NotAJobError("message is not base64 (the queue's messageEncoding is base64)") from None
     try:
         data: Any = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidJobError(f"message is not JSON: {exc}") from None
+        raise NotAJobError(f"message is not JSON: {exc}") from None
+    except RecursionError:
+        raise NotAJobError("message is not JSON this worker accepts: nested too deeply") from None
+    problem = json_policy.violation(data)
+    if problem is not None:
+        raise NotAJobError(f"message is not JSON this worker accepts: {problem}")
     if not isinstance(data, dict):
-        raise InvalidJobError(f"message is JSON {type(data).__name__}, not a job object")
+        raise NotAJobError(f"message is JSON {type(data).__name__}, not a job object")
     try:
         return JobMessage.model_validate(data).to_job()
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors())
-        raise InvalidJobError(f"message is not a Flowcraft job: {problems}") from None
+        raise NotAJobError(f"message is not a Flowcraft job: {problems}") from None
 
 
 class AzureJobQueue:

@@ -5,12 +5,14 @@ member, final statuses are ETag-guarded, jobs are delivered at least once anyway
 retried as a whole when its dependency answers "try again" or cannot be reached. What is retried:
 
 - Cosmos DB: 408, 429, 449, 500, 502, 503, 504 (after the SDK's own retries gave up; a 429's
-  ``x-ms-retry-after-ms`` is honoured), and requests that could not be sent or got no response;
+  ``x-ms-retry-after-ms`` is honoured), and requests that could not be sent or got no response; but
+  not a 500 that blames the request's content ("... is not valid JSON": the local stand-in's answer to
+  a body the real service refuses with 400), which no retry can change;
 - Storage: 408, 429, 500, 502, 503, 504 and connection failures;
 - Redis: ``ConnectionError`` and ``TimeoutError`` (a restarted or failed-over cache);
 - plain socket errors (``ConnectionError``, ``TimeoutError``) from any of them.
 
-Anything else (404, 409, 412, a bad request, a bug) is raised at once. Waits grow exponentially with
+Anything else (any other 4xx: 400, 404, 409, 412, 413...; a bug) is raised at once. Waits grow exponentially with
 random jitter, each is capped, and the whole call is bounded by attempts and by total time, so an outage
 longer than the budget surfaces as the original error: the worker then leaves the message on the queue
 and it is retried after its visibility timeout (and poisoned after ``maxDequeueCount`` deliveries).
@@ -70,9 +72,16 @@ def describe(exc: BaseException, limit: int = 240) -> str:
     return f"{head}: {message}" if message else head
 
 
+# How a server error says that the request itself was bad (the Cosmos stand-in parses bodies with
+# JSON.parse and answers 500 with its message); a retry would send the same bytes again.
+_BAD_CONTENT = re.compile(r"is not valid JSON|Unexpected token|JSON\.parse|Unexpected end of JSON", re.IGNORECASE)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when the failure is worth retrying (see the module docstring for the list)."""
     if isinstance(exc, CosmosHttpResponseError):  # before HttpResponseError: it is a subclass
+        if exc.status_code == 500 and _BAD_CONTENT.search(str(exc)):
+            return False
         return exc.status_code in TRANSIENT_COSMOS_STATUS
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
         return True

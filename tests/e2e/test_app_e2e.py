@@ -285,12 +285,14 @@ async def test_crashing_job_is_poisoned_and_fails_its_run(api: Api, host: HostPr
     assert log.count("Executed 'Functions.run_job' (Failed") >= 5
 
 
-async def test_message_that_is_not_a_job_is_dropped(api: Api, host: HostProcess) -> None:
+async def test_message_that_is_not_a_job_is_poisoned_then_dropped(api: Api, host: HostProcess) -> None:
     settings = Settings.from_env(host.env)
     async with make_queue_client(settings.storage_connection_string, settings.queue_name) as qc:
         await qc.send_message('{"hello": "world"}')  # the client base64-encodes, as the host expects
-    await wait_until(lambda: "dropped queue message" in host.log(), timeout=10, message="the message dropped")
-    assert "message is not a Flowcraft job" in host.log()
+    await wait_until(lambda: "poison message is not a Flowcraft job" in host.log(), timeout=10,
+                     message="the poison function dropped it")
+    log = host.log()
+    assert "message is not a Flowcraft job" in log and "moving it to the poison queue" in log
 
 
 async def test_http_errors(api: Api, host: HostProcess) -> None:

@@ -6,6 +6,10 @@ Functions host would (a ``func.HttpRequest`` with the route values), on the emul
 5xx, and every answer must be a status, content type, headers and body that the document declares for
 the operation. (Function keys are the host's job, so that check is left to the second part.)
 
+The same requests are sent again with hostile JSON spliced into their bodies (tests/hostile_json.py:
+nesting far too deep, non-finite numbers, lone surrogates, huge strings and numbers, odd types, bytes
+that are not UTF-8): still never a 5xx, and every answer strict JSON as documented.
+
 Then, through a local Functions host (``scripts.devhost``, in a subprocess): for every HTTP binding of the
 app, a request without a key, or with a wrong one, is refused with 401 when the binding's auth level is
 ``function``/``admin``; every mutating route has such a level; only read-only probes are anonymous, and
@@ -38,7 +42,9 @@ import pytest
 import requests
 import schemathesis
 from azure.core.exceptions import ResourceNotFoundError
+from hostile_json import HOSTILE_FRAGMENTS, hostile_documents, splice
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from schemathesis import DataGenerationMethod
 from schemathesis.specs.openapi.checks import ignored_auth, negative_data_rejection
 
@@ -48,6 +54,7 @@ from flowcraft_core.http_api import openapi_document
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("FLOWCRAFT_SCHEMATHESIS_EXAMPLES", "40"))
+HOSTILE_EXAMPLES = int(os.environ.get("FLOWCRAFT_SCHEMATHESIS_HOSTILE_EXAMPLES", "25"))
 
 # The document is OpenAPI 3.1 (JSON Schema 2020-12): schemathesis 3.x supports it behind this switch.
 schemathesis.experimental.OPEN_API_3_1.enable()
@@ -133,13 +140,19 @@ class AppDriver:
     def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def call(self, case: schemathesis.Case) -> requests.Response:
+    def call(self, case: schemathesis.Case, *, body: bytes | None = None) -> requests.Response:
+        """Send the case as the host would; ``body`` replaces the case's body with raw bytes (JSON)."""
         import azure.functions as func
 
         prepared = requests.Request(**case.as_transport_kwargs(base_url="http://localhost/api")).prepare()
-        body = prepared.body.encode() if isinstance(prepared.body, str) else (prepared.body or b"")
+        headers = dict(prepared.headers)
+        if body is not None:
+            headers = {**{k: v for k, v in headers.items() if k.lower() not in ("content-type", "content-length")},
+                       "Content-Type": "application/json", "Content-Length": str(len(body))}
+        else:
+            body = prepared.body.encode() if isinstance(prepared.body, str) else (prepared.body or b"")
         request = func.HttpRequest(
-            method=str(prepared.method), url=str(prepared.url), headers=dict(prepared.headers),
+            method=str(prepared.method), url=str(prepared.url), headers=headers,
             params=dict(parse_qsl(urlsplit(str(prepared.url)).query, keep_blank_values=True)),
             route_params={k: str(v) for k, v in (case.path_parameters or {}).items()}, body=body)
         function = self.functions[(case.operation.path, case.method.upper())]
@@ -193,6 +206,35 @@ def test_every_answer_matches_the_openapi_document(case: schemathesis.Case, app_
     assert response.status_code < 500, (case.method, case.formatted_path, case.body, response.text[:500])
     # Excluded: keys are checked by the host, not the function (see the tests below); and a request that
     # only adds an unknown or empty query parameter is not "negative" for an API that ignores them.
+    case.validate_response(response, excluded_checks=(ignored_auth, negative_data_rejection))
+
+
+@st.composite
+def hostile_body(draw: st.DrawFn, case: schemathesis.Case) -> bytes | None:
+    """The case's body with a hostile fragment spliced in at one of its fields, or a whole hostile document."""
+    if case.operation.method.upper() == "GET":
+        return None
+    if isinstance(case.body, dict) and case.body and draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(case.body)))
+        return splice(case.body, [key], draw(st.sampled_from(HOSTILE_FRAGMENTS)))
+    return draw(hostile_documents())
+
+
+@pytest.mark.slow
+@schema.parametrize()
+@schema.given(data=st.data())
+@settings(max_examples=HOSTILE_EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.filter_too_much, HealthCheck.data_too_large])
+def test_hostile_json_in_any_request_is_answered_as_documented(case: schemathesis.Case, data: st.DataObject,
+                                                               app_driver: AppDriver) -> None:
+    # The generated requests again, with what issue 14's attack used spliced into their bodies: nesting
+    # far too deep, 1e999, NaN, lone surrogates, 5000-digit numbers, huge strings, wrong types, bad bytes.
+    body = data.draw(hostile_body(case), label="body")
+    response = app_driver.call(case, body=body)
+    assert response.status_code < 500, (case.method, case.formatted_path, (body or b"")[:300], response.text[:500])
+    if response.content and response.headers.get("content-type", "").startswith("application/json"):
+        json.loads(response.content.decode("utf-8"), parse_constant=lambda name: pytest.fail(f"{name} in an answer"))
     case.validate_response(response, excluded_checks=(ignored_auth, negative_data_rejection))
 
 
