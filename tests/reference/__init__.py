@@ -1,0 +1,1 @@
+"""The reference interpreter of SPEC.md, the oracle of the differential tests."""
