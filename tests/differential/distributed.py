@@ -147,6 +147,8 @@ class DistributedRig:
         self.tally = Tally()
         self.faults_path = workdir / "faults.json"
         self.fault_plan: dict[str, Any] = {}
+        self._idle_since: float | None = None
+        self._chaos_pending = False
 
     def settings_env(self, **extra: str) -> dict[str, str]:
         """App settings of the rig (environment names)."""
@@ -209,7 +211,7 @@ class DistributedRig:
             proc.wait()
 
     # ------------------------------------------------------------------ one case
-    async def run(self, case: Case, faults: Faults, *, timeout: float = 60.0) -> tuple[str, Observed]:
+    async def run(self, case: Case, faults: Faults, *, timeout: float = 20.0) -> tuple[str, Observed]:
         """Run a case under faults; returns its run id and outcome (the trace is read later: see observe)."""
         assert self.services is not None
         adapter = self.services.adapter
@@ -219,6 +221,8 @@ class DistributedRig:
         self.tally.runs += 1
         self.tally.duplicated_runs += faults.dup
         started = time.monotonic()
+        self._idle_since = None
+        self._chaos_pending = faults.any and bool(faults.kills or faults.redis or faults.reconcile)
         await adapter.start_run(case.blueprint_id, dict(case.context), run_id)
         chaos = asyncio.create_task(self._chaos(faults, started))
         try:
@@ -257,9 +261,22 @@ class DistributedRig:
                 with contextlib.suppress(Exception):
                     await self.services.reconciler.run()
                     self.tally.reconciler_runs += 1
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or (state == "running" and await self._idle_for(2.0)):
+                # Nothing queued, in flight or sleeping for a while (jobs are enqueued before their
+                # message is deleted), yet the run is not final: it is stalled.
                 return {**status, "status": "stalled" if state == "running" else f"timeout-{state}"}
             await asyncio.sleep(0.1)
+
+    async def _idle_for(self, seconds: float) -> bool:
+        """True once the queue has had no message (visible or not) for ``seconds``; no kill is pending."""
+        assert self.services is not None
+        props = await self.services.queue_client.get_queue_properties()
+        now = time.monotonic()
+        if (props.approximate_message_count or 0) > 0 or self._chaos_pending:
+            self._idle_since = None
+            return False
+        self._idle_since = self._idle_since or now
+        return now - self._idle_since >= seconds
 
     async def _chaos(self, faults: Faults, started: float) -> None:
         events: list[tuple[float, str, str]] = [(t, "kill", "") for t in faults.kills]
@@ -283,6 +300,8 @@ class DistributedRig:
                 await asyncio.sleep(0.3)
                 self.redis.start()
                 self.tally.redis_faults += 1
+        if not faults.reconcile:
+            self._chaos_pending = False
 
     async def drain(self, quiet: float = 0.8, timeout: float = 20.0) -> None:
         """Wait until the queue has been empty for a while (late and duplicate jobs got their chance)."""

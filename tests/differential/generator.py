@@ -377,10 +377,11 @@ def shrink_steps(tree: Block) -> list[Block]:
                 parent = parent.children[i]
             target = parent.children[index]
             if replace == "drop":
-                # The root's first step stays: without it the blueprint may have no start node.
+                # The root's first and last steps stay: without them the blueprint may have no start
+                # node, or end in a loop (a case of its own: F1).
                 droppable = (parent.kind == "seq" and len(parent.children) > 1) or \
                     (parent.kind == "par" and len(parent.children) > 2)
-                if not droppable or path == (0,):
+                if not droppable or (not parent_path and index in (0, len(parent.children) - 1)):
                     continue
                 del parent.children[index]
             else:
