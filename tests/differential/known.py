@@ -21,6 +21,8 @@ FINDINGS: dict[str, dict[str, str]] = {
            "distributed": "F5: a sibling's retry and fallback run after the run completed"},
     "F6": {"inprocess": "F6: a loop whose body branch is not taken stalls the run",
            "distributed": "F6: a loop whose body branch is not taken stalls the run"},
+    "F7": {"inprocess": "F7: nested loops + sleep: early final status, the rest of the run lost",
+           "distributed": "F7: nested loops + sleep: early final status, result misses later outputs"},
 }
 
 # seed of the fixed in-process set -> the finding it hits (checked by test_differential.py)

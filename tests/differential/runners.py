@@ -29,7 +29,7 @@ class _Recorder:
     """An event bus recording the trace in emission order (one event loop: order is exact)."""
 
     def __init__(self) -> None:
-        self.trace = Trace()
+        self.trace = Trace(ordinal=True)
         self.tick = itertools.count()
         self.finals: Counter[str] = Counter()
 
