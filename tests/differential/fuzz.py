@@ -45,7 +45,6 @@ def _print_verdict(label: str, verdict: Verdict) -> None:
 
 async def _fuzz(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     seeds = range(args.seed, args.seed + args.n)
     started = time.monotonic()
     bad: list[Verdict] = []
@@ -139,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO_ROOT / ".fuzz"))
     parser.add_argument("--replay", help="run one saved case (a regression JSON or a fuzz reproduction)")
     args = parser.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     return asyncio.run(_replay(args) if args.replay else _fuzz(args))
 
 
