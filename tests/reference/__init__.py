@@ -1,1 +1,0 @@
-"""The reference interpreter of SPEC.md, the oracle of the differential tests."""
