@@ -6,9 +6,12 @@ differential tests run them through the engine's runtimes too (``tests/different
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from tests.differential.generator import Block, Case
+
+Nodes = list[dict[str, Any]]
 
 
 def _n(node_id: str, uses: str = "d-step", **fields: Any) -> dict[str, Any]:
@@ -19,29 +22,29 @@ def _e(source: str, target: str, **props: Any) -> dict[str, Any]:
     return {"source": source, "target": target, **props}
 
 
-def case(name: str, nodes: list[dict[str, Any]], edges: list[dict[str, Any]], *, children: list[dict[str, Any]] = (),  # type: ignore[assignment]
+def case(name: str, nodes: Nodes, edges: Nodes, *, children: Nodes | None = None,
          context: dict[str, Any] | None = None, resume: dict[str, tuple[str | None, Any]] | None = None,
          **metadata: Any) -> Case:
     """A hand-written case (its blueprint id is the name)."""
     bp: dict[str, Any] = {"id": name, "nodes": nodes, "edges": edges}
     if metadata:
         bp["metadata"] = metadata
-    return Case(0, Block("seq"), [bp, *children], dict(context or {"seed": 0}), dict(resume or {}))
+    return Case(0, Block("seq"), [bp, *(children or [])], dict(context or {"seed": 0}), dict(resume or {}))
 
 
-def _loop(prefix: str, n: int, body: list[str], reset: list[str] = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # type: ignore[assignment]
+def _loop(prefix: str, n: int, body: list[str], reset: tuple[str, ...] = ()) -> tuple[Nodes, Nodes]:
     """Entry counter, body chain, controller (continue back to the entry)."""
     entry, ctl = f"{prefix}e", f"{prefix}L"
     nodes = [_n(entry, "d-count", params={"key": f"c_{prefix}", "reset": list(reset)})]
     nodes += [_n(b, params={"v": 1}) for b in body]
     nodes.append(_n(ctl, "loop-controller", params={"condition": f"c_{prefix} < {n}"}))
     chain = [entry, *body, ctl]
-    edges = [_e(a, b) for a, b in zip(chain, chain[1:], strict=False)] + [_e(ctl, entry, action="continue")]
+    edges = [_e(a, b) for a, b in itertools.pairwise(chain)] + [_e(ctl, entry, action="continue")]
     return nodes, edges
 
 
 def _nested() -> Case:
-    outer_nodes, outer_edges = _loop("o", 3, [], reset=["c_i"])
+    outer_nodes, outer_edges = _loop("o", 3, [], reset=("c_i",))
     inner_nodes, inner_edges = _loop("i", 2, ["ib"])
     # outer entry -> inner loop -> outer controller
     outer_edges = [e for e in outer_edges if not (e["source"] == "oe" and e["target"] == "oL")]
