@@ -57,8 +57,10 @@ class Faults:
 
     @property
     def repeats_allowed(self) -> bool:
-        """At-least-once lets a node run again after a kill or a duplicate delivery (or a lost gate)."""
-        return bool(self.dup or self.kills or self.redis)
+        """At-least-once lets a node run again after a kill, a duplicate delivery, a lost gate, or the
+        reconciler re-enqueueing a job of a run it saw idle past the threshold (a duplicate racing the
+        first: a delayed job and a 1 s threshold make one)."""
+        return bool(self.dup or self.kills or self.redis or self.reconcile)
 
     def to_json(self) -> dict[str, Any]:
         """JSON form for reports."""

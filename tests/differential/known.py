@@ -23,6 +23,8 @@ FINDINGS: dict[str, dict[str, str]] = {
            "distributed": "F6: a loop whose body branch is not taken stalls the run"},
     "F7": {"inprocess": "F7: nested loops + sleep: early final status, the rest of the run lost",
            "distributed": "F7: nested loops + sleep: early final status, result misses later outputs"},
+    "F11": {"inprocess": "F11: any-join whose slow sibling fails: the run reports completed",
+            "distributed": "F11: any-join whose slow sibling fails: completed, the sibling runs after the end"},
 }
 
 # seed of the fixed in-process set -> the finding it hits (checked by test_differential.py)
