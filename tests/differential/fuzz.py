@@ -84,7 +84,7 @@ async def _fuzz(args: argparse.Namespace) -> int:
           f"{elapsed:.0f} s")
     if rig is not None:
         t = rig.tally
-        print(f"distributed runs: {t.runs}, jobs enqueued: {t.jobs}, runs with every job duplicated: "
+        print(f"distributed runs: {t.runs}, jobs enqueued by the workers: {t.jobs}, runs with every job duplicated: "
               f"{t.duplicated_runs}, worker kills: {t.kills}, Redis flushes/restarts: {t.redis_faults}, "
               f"reconciler passes: {t.reconciler_runs}")
     print(f"disagreements or invariant violations: {len(bad)}" + (f" (seeds {[v.case.seed for v in bad]})"
