@@ -28,16 +28,23 @@ class Verdict:
                 "outcomes": [o.summary() for o in self.outcomes]}
 
 
-def compare(ref: Observed, other: Observed, faults: Faults) -> list[str]:
+def join_keys(case: Case) -> frozenset[str]:
+    """Count keys of the case's joins (nodes several jobs release)."""
+    return frozenset(f"{bp['id']}:{n['id']}" for bp in case.blueprints for n in bp["nodes"]
+                     if n["uses"] in ("d-join", "batch-gather"))
+
+
+def compare(case: Case, ref: Observed, other: Observed, faults: Faults) -> list[str]:
     """Disagreements with the reference plus broken invariants of one runtime's outcome."""
-    return (disagreements(ref, other, repeats_allowed=faults.repeats_allowed)
+    return (disagreements(ref, other, repeats_allowed=faults.repeats_allowed, joins=join_keys(case),
+                          join_repeats_allowed=bool(faults.kills or faults.redis))
             + [f"{other.runtime}: {p}" for p in invariant_violations(other)])
 
 
 async def check_inprocess(case: Case) -> Verdict:
     """Reference vs in-process."""
     ref, inp = run_reference(case), await run_inprocess(case)
-    return Verdict(case, Faults(), [ref, inp], compare(ref, inp, Faults()))
+    return Verdict(case, Faults(), [ref, inp], compare(case, ref, inp, Faults()))
 
 
 async def check_distributed(case: Case, rig: DistributedRig, faults: Faults, *, inprocess: bool = True) -> Verdict:
@@ -49,12 +56,12 @@ async def check_distributed(case: Case, rig: DistributedRig, faults: Faults, *, 
     if inprocess:
         inp = await run_inprocess(case)
         outcomes.append(inp)
-        problems += compare(ref, inp, Faults())
+        problems += compare(case, ref, inp, Faults())
     run_id, dist = await rig.run(case, faults)
     await rig.drain()
     rig.observe(run_id, dist, rig.traces(), faults)
     outcomes.append(dist)
-    problems += compare(ref, dist, faults)
+    problems += compare(case, ref, dist, faults)
     return Verdict(case, faults, outcomes, problems)
 
 

@@ -59,8 +59,14 @@ class Observed:
                 "context": self.context}
 
 
-def disagreements(ref: Observed, other: Observed, *, repeats_allowed: bool = False) -> list[str]:
-    """What ``other`` gets wrong compared with the reference ([] when they agree)."""
+def disagreements(ref: Observed, other: Observed, *, repeats_allowed: bool = False,
+                  joins: frozenset[str] = frozenset(), join_repeats_allowed: bool = False) -> list[str]:
+    """What ``other`` gets wrong compared with the reference ([] when they agree).
+
+    ``repeats_allowed``: at-least-once faults happened, so a node may run more often than the reference
+    says (never less). Joins (count keys in ``joins``) run once per iteration even under duplicate
+    deliveries: only ``join_repeats_allowed`` (a worker was killed mid-join) lets them repeat.
+    """
     problems: list[str] = []
     if ref.status != other.status:
         problems.append(f"status: reference {ref.status}, {other.runtime} {other.status} ({other.detail[:200]})")
@@ -78,7 +84,8 @@ def disagreements(ref: Observed, other: Observed, *, repeats_allowed: bool = Fal
                         f"{_short({k: other.context.get(k, '<absent>') for k in diff[:3]})}")
     for key in sorted(set(ref.counts) | set(other.counts)):
         want, got = ref.counts.get(key, 0), other.counts.get(key, 0)
-        if got != want and not (repeats_allowed and got > want > 0):
+        allowed = join_repeats_allowed if key in joins else repeats_allowed
+        if got != want and not (allowed and got > want > 0):
             problems.append(f"executions of {key}: reference {want}, {other.runtime} {got}")
     return problems
 

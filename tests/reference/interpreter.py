@@ -149,7 +149,7 @@ class _Walk:
         # Per node: tokens received on forward edges in this iteration, and whether it ran or was skipped.
         self.tokens: dict[str, dict[int, tuple[bool, Any]]] = {n: {} for n in self.nodes}
         self.state: dict[str, str] = {}
-        self.queue: deque[tuple[str, Any, EdgeDefinition | None]] = deque()  # (node, input, via back edge)
+        self.queue: deque[tuple[str, Any]] = deque()  # (node, its input)
         self.parked: deque[str] = deque()
 
     # ---------------------------------------------------------------- graph facts
@@ -186,10 +186,10 @@ class _Walk:
     # ---------------------------------------------------------------- the walk
     def run(self) -> None:
         for n in self.starts:
-            self.queue.append((n, self.context.get(INPUTS + n), None))
+            self.queue.append((n, self.context.get(INPUTS + n)))
         while self.queue or self.parked:
             while self.queue:
-                node_id, node_input, _via = self.queue.popleft()
+                node_id, node_input = self.queue.popleft()
                 self._execute(self.nodes[node_id], node_input)
             if self.parked:
                 # Nothing else can run: the run is awaiting; the caller resumes this wait node.
@@ -219,7 +219,7 @@ class _Walk:
 
     def _fire(self, node: NodeDefinition, delivering: list[tuple[EdgeDefinition, Any]]) -> None:
         self.state[node.id] = "ran"
-        self.queue.append((node.id, self._input(node, delivering), None))
+        self.queue.append((node.id, self._input(node, delivering)))
 
     def _skip(self, node: NodeDefinition) -> None:
         self.state[node.id] = "skipped"
@@ -371,4 +371,4 @@ class _Walk:
                 self.tokens[n] = {}
                 self.state.pop(n, None)
             self.state[edge.target] = "ran"
-            self.queue.append((edge.target, output, edge))
+            self.queue.append((edge.target, output))
