@@ -38,7 +38,7 @@ def compare(case: Case, ref: Observed, other: Observed, faults: Faults) -> list[
     """Disagreements with the reference plus broken invariants of one runtime's outcome."""
     return (disagreements(ref, other, repeats_allowed=faults.repeats_allowed, joins=join_keys(case),
                           join_repeats_allowed=bool(faults.kills or faults.redis))
-            + [f"{other.runtime}: {p}" for p in invariant_violations(other)])
+            + [f"{other.runtime}: {p}" for p in invariant_violations(other, child_repeats=faults.repeats_allowed)])
 
 
 async def check_inprocess(case: Case) -> Verdict:
