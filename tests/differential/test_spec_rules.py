@@ -10,9 +10,6 @@ from tests.reference.spec_cases import SPEC_CASES
 
 # SPEC case -> the finding that makes the engine differ today (/work/wt/notes/differential-findings.md)
 KNOWN: dict[str, str] = {
-    "any-join-after-router": "F8: a join with one delivering edge gets {pred: output}, not the output",
-    "all-join-one-edge-taken": "F8: a join with one delivering edge gets {pred: output}, not the output",
-    "fallback-node-id": "F9: a fallback naming a node id fails with KeyError",
     "nested-loop": "F3: nested loops write the final status after the inner loop's first exit",
     "bare-node-id": "F10: a bare node id in a condition is not resolved",
 }

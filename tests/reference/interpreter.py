@@ -35,7 +35,7 @@ taken*. A node waits for a token on each of its forward incoming edges ("forward
   output); the node's output is the child's final context.
 - ``batch-scatter``/``batch-gather``: one worker (``<scatterId>_<i>``, ``uses: workerUsesKey``) per item
   of the list input, gathered in input order into ``params.outputKey`` and the gather's output.
-- ``sleep``: passes its input on.
+- ``sleep``: passes its input on. ``loop-controller``: no output (null), as in Flowcraft (README).
 
 Counts are node executions (one per node run, whatever its attempts), keyed ``<blueprintId>:<nodeId>``.
 """
@@ -77,7 +77,8 @@ class _Failed(Exception):
 
 def nested(flat: Mapping[str, Any]) -> dict[str, Any]:
     """The context for expressions: flat keys, dotted keys also as nested dicts, and bare node ids
-    (SPEC: ``a.ok`` resolves to ``_outputs.a.ok``) where no context key of that name exists."""
+    (SPEC: ``a.ok`` resolves to ``_outputs.a.ok``; as README says, the output wins over a context key
+    of the same name)."""
     view: dict[str, Any] = dict(flat)
     for key, value in flat.items():
         parts = key.split(".")
@@ -91,7 +92,7 @@ def nested(flat: Mapping[str, Any]) -> dict[str, Any]:
         cursor.setdefault(parts[-1], value)
     for key, value in flat.items():
         if key.startswith(OUTPUTS) and "." not in key[len(OUTPUTS):]:
-            view.setdefault(key[len(OUTPUTS):], value)
+            view[key[len(OUTPUTS):]] = value
     return view
 
 
@@ -304,7 +305,9 @@ class _Walk:
                 raise RuntimeError(f"loop {node.id!r} reached maxIterations")
             keep_going = False
         self.context[key] = done if keep_going else 0
-        return node_input, "continue" if keep_going else "break"
+        # As in Flowcraft (README, "Built-in nodes"), the controller has no output: the loop's body and
+        # exit read the context instead.
+        return None, "continue" if keep_going else "break"
 
     def _subflow(self, node: NodeDefinition, params: dict[str, Any]) -> Any:
         child_context: dict[str, Any] = {}
@@ -335,7 +338,7 @@ class _Walk:
             output, _action = self._attempts(worker, item)
             self.context[OUTPUTS + worker_id] = output
         self.context[f"_ref.workers.{gather}"] = workers
-        return {"gatherNodeId": gather, "hasMore": False, "count": len(items)}
+        return {"gatherNodeId": gather, "hasMore": False}
 
     # ---------------------------------------------------------------- routing
     def _route(self, node: NodeDefinition, output: Any, action: str | None) -> None:
