@@ -40,6 +40,7 @@ from .errors import (
 from .events import EventBus, LoggingEventBus, Middleware
 from .executor import NodeExecutor, resolve_input
 from .expressions import Evaluator, SafeEvaluator
+from .frontier import run_may_complete
 from .graph import CompiledGraph, compile_graph, entry_node_ids
 from .models import NodeDefinition, WorkflowBlueprint
 from .nodes import CancelSignal, NodeContext, NodeResult
@@ -110,6 +111,35 @@ class EngineOptions:
     fault_hook: FaultHook | None = None
 
 
+class RouteLog(list[str]):
+    """The keys of the jobs one routing enqueued, and whether a join gate it passed still waits.
+
+    A gate that answered "wait" is decided later by another predecessor's arrival, whose job then
+    continues the branch: so a routing that enqueued nothing and left no gate waiting ended a branch,
+    and only such a job needs to ask whether the run is finished (see ``Engine._complete_if_finished``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited: set[str] = set()
+        self.decided: set[str] = set()
+
+    def gate(self, gate: str, decision: str) -> None:
+        """Note a gate's answer (order-free: one routing may arrive at a gate twice, concurrently)."""
+        (self.waited if decision == "wait" else self.decided).add(gate)
+
+    def merge(self, other: RouteLog) -> None:
+        """Take over what a nested routing enqueued and met."""
+        self.extend(other)
+        self.waited |= other.waited
+        self.decided |= other.decided
+
+    @property
+    def ended_branch(self) -> bool:
+        """True when this routing continued no branch (nothing enqueued, no gate left waiting)."""
+        return not self and not (self.waited - self.decided)
+
+
 class Engine:
     """Executes jobs of runs of registered blueprints over pluggable stores."""
 
@@ -148,6 +178,9 @@ class Engine:
         self._graphs: dict[str, CompiledGraph] = {}
         self._signals: dict[str, set[CancelSignal]] = {}
         self._last_touch: dict[str, float] = {}
+        # Runs this process saw stop (failed, cancelled, completed, or told so by a heartbeat): a node of
+        # such a run that was still executing commits nothing (its snapshot predates the stop).
+        self._stopped_runs: dict[str, None] = {}
         self.fault_hook: FaultHook | None = self.options.fault_hook
         deployed = dict(blueprints or {})
         for bp in deployed.values():
@@ -236,6 +269,7 @@ class Engine:
         if status["status"] in FINAL_STATUSES:
             raise RunStateError(f"run {run_id!r} already ended with status {status['status']!r}")
         await self.run_store.mark(run_id, "cancelled", {"reason": reason})
+        self._note_stopped(run_id)
         for signal in self._signals.get(run_id, set()):
             signal.cancel(reason)
         if await self.status_store.finalize(run_id, "cancelled", reason=reason):
@@ -245,6 +279,7 @@ class Engine:
 
     def signal_run(self, run_id: str, reason: str) -> None:
         """Tell this process's running nodes of a run that it was stopped elsewhere."""
+        self._note_stopped(run_id)
         for signal in list(self._signals.get(run_id, ())):
             signal.cancel(reason)
 
@@ -302,6 +337,7 @@ class Engine:
             raise InvalidJobError(f"job names blueprint {job.blueprint_id!r} but run {job.run_id!r} runs "
                                   f"{state.header.blueprint_id!r}")
         if state.stopped:
+            await self._finish_completed(state)
             return JobOutcome("dropped", job.run_id, job.node_id, "run stopped")
         try:
             graph = self.graph(job.blueprint_id)
@@ -345,6 +381,11 @@ class Engine:
             record.started_at, record.finished_at = started_ms, time.time_ns() // 1_000_000
             executed = True
             await self._checkpoint("after-execute", job.run_id, job.node_id)
+            if self._stopped_while_running(state):
+                # The run failed, was cancelled or completed while the node ran: nothing of a
+                # stopped run is committed (its output must not land in the ended run's context).
+                return JobOutcome("dropped", job.run_id, job.node_id, "run stopped while the node ran",
+                                  executed=True)
             record.delivery = delivery_id
             record, new = await self.run_store.commit(job.run_id, record)
             await self._checkpoint("after-commit", job.run_id, job.node_id)
@@ -376,6 +417,8 @@ class Engine:
             # by its wake-up message instead; the reconciler routes every record whoever committed it.)
             return JobOutcome("completed", job.run_id, job.node_id, "duplicate delivery", executed=executed)
         enqueued = await self._route(state, graph, node, record, eager=replay)
+        if enqueued.ended_branch:
+            await self._complete_if_finished(job.run_id)
         return JobOutcome("completed", job.run_id, job.node_id, "replayed" if replay else "",
                           enqueued=enqueued, executed=executed)
 
@@ -396,7 +439,7 @@ class Engine:
             return 0
         graph = self.graph(state.header.blueprint_id)
         dynamic = _dynamic_nodes(state)
-        enqueued: list[str] = []
+        enqueued = RouteLog()
         for node_id in entry_node_ids(graph):
             if state.record(node_id) is None:
                 enqueued.append(await self._enqueue(Job(run_id, state.header.blueprint_id, node_id)))
@@ -415,6 +458,9 @@ class Engine:
                 # routing, the branch below routes it here instead.
                 continue
             enqueued.extend(await self._route(state, graph, node, rec, eager=True))
+        if not enqueued:
+            # Nothing was missing: the run may only have lost the job that would have completed it.
+            await self._complete_if_finished(run_id)
         await self.status_store.touch(run_id)
         logger.info("reconciled run %s: enqueued %d job(s) %s", run_id, len(enqueued), enqueued[:20])
         return len(enqueued)
@@ -499,10 +545,10 @@ class Engine:
                           attempts=outcome.attempts)
 
     async def _route(self, state: RunState, graph: CompiledGraph, node: NodeDefinition, record: NodeRecord,
-                     *, eager: bool) -> list[str]:
+                     *, eager: bool) -> RouteLog:
         """Pass the gates of a completed record's targets and enqueue or skip them."""
         run_id = state.header.run_id
-        enqueued: list[str] = []
+        enqueued = RouteLog()
         it = record.iteration
         extra = node.model_extra or {}
         if record.dynamic_nodes:
@@ -524,6 +570,7 @@ class Engine:
                 gate, node.id, done=True, expected=int(extra.get("expansionSize", 1)), strategy="all",
                 ttl_seconds=self.options.coordination_ttl_seconds)
             await self._checkpoint("after-gate", run_id, parent_id)
+            enqueued.gate(gate, decision)
             if decision != "fire" or not (first or eager):
                 return enqueued
             parent = graph.nodes.get(parent_id) or _dynamic_nodes(state).get(parent_id)
@@ -533,12 +580,11 @@ class Engine:
             # Every node the parent expanded into finished: route the parent's own edges now.
             without_dynamic = copy.copy(parent_record)
             without_dynamic.dynamic_nodes = None
-            enqueued.extend(await self._route(state, graph, parent, without_dynamic, eager=eager))
+            enqueued.merge(await self._route(state, graph, parent, without_dynamic, eager=eager))
             return enqueued
 
-        if node.id in graph.reachable_terminals and not graph.out_edges.get(node.id):
-            await self._resolve_terminal(state, graph, node.id)
-            return enqueued
+        if not graph.out_edges.get(node.id):
+            return enqueued  # a terminal node ends its branch
 
         merged: dict[tuple[str, str], bool] = {}
         for route in record.routes:
@@ -574,7 +620,7 @@ class Engine:
         return enqueued
 
     async def _arrive(self, state: RunState, graph: CompiledGraph, target: str, it: int, source: str,
-                      done: bool, enqueued: list[str], *, eager: bool, expected: int | None = None,
+                      done: bool, enqueued: RouteLog, *, eager: bool, expected: int | None = None,
                       whole_loop: bool = False) -> None:
         run_id = state.header.run_id
         tnode = graph.nodes.get(target)
@@ -591,6 +637,7 @@ class Engine:
                 gate, source, done=done, expected=count, strategy=strategy,
                 ttl_seconds=self.options.coordination_ttl_seconds)
             await self._checkpoint("after-gate", run_id, target)
+            enqueued.gate(gate, decision)
         if decision == "wait" or not (first or eager):
             return
         if decision == "fire":
@@ -601,14 +648,11 @@ class Engine:
         await self._skip(state, graph, target, it, enqueued, eager=eager,
                          whole_loop=whole_loop or (graph.in_cycle(target) and not graph.same_cycle(source, target)))
 
-    async def _skip(self, state: RunState, graph: CompiledGraph, node_id: str, it: int, enqueued: list[str],
+    async def _skip(self, state: RunState, graph: CompiledGraph, node_id: str, it: int, enqueued: RouteLog,
                     *, eager: bool, whole_loop: bool) -> None:
         """Dead-path elimination: a node none of whose predecessors ran is skipped, and so on below it."""
         await self.events.emit({"type": "node:skipped", "payload": {"runId": state.header.run_id,
                                                                     "nodeId": node_id}})
-        if node_id in graph.reachable_terminals:
-            await self._resolve_terminal(state, graph, node_id)
-            return
         for edge in graph.out_edges.get(node_id, []):
             if graph.is_back_edge(edge):
                 continue
@@ -618,19 +662,32 @@ class Engine:
             await self._arrive(state, graph, edge.target, 0 if leaving else it, node_id, False, enqueued,
                                eager=eager, whole_loop=whole_loop and not leaving)
 
-    async def _resolve_terminal(self, state: RunState, graph: CompiledGraph, node_id: str) -> None:
-        run_id = state.header.run_id
-        expected = len(graph.reachable_terminals)
-        if await self.coordination.resolve_terminal(run_id, node_id, expected,
-                                                    self.options.coordination_ttl_seconds):
-            await self._complete_run(run_id)
+    async def _complete_if_finished(self, run_id: str) -> None:
+        """Complete the run if the completion rule holds on a fresh read of its records.
 
-    async def _complete_run(self, run_id: str) -> None:
+        Called by every job whose routing ended a branch. Of two such jobs finishing at the same time,
+        the later one's read sees both commits (each commits before it reads), so one of them completes
+        the run; a read that lags (another session's replica) only delays it to the reconciler's pass.
+        """
         state = await self.run_store.load(run_id)
-        if state is None or state.stopped:
+        if state is None or state.cancelled is not None or state.failed is not None:
             return
-        if any(r.status == "awaiting" for r in state.records.values()):
+        if not state.completed:
+            graph = self.graph(state.header.blueprint_id)
+            if not run_may_complete(state, graph, time.time()):
+                return
+            # Stop the run before publishing its status: once a client sees "completed", no late or
+            # duplicate job of the run executes anything (handle_job drops jobs of a stopped run).
+            await self.run_store.mark(run_id, "completed", {})
+            self._note_stopped(run_id)
+            state.completed = True
+        await self._finish_completed(state)
+
+    async def _finish_completed(self, state: RunState) -> None:
+        """Write the final status of a run marked completed (again, if a crash interrupted it)."""
+        if not state.completed:
             return
+        run_id = state.header.run_id
         context = state.context
         size = len(json.dumps(context, separators=(",", ":")))
         result: dict[str, Any]
@@ -650,6 +707,7 @@ class Engine:
 
     async def _fail_run(self, run_id: str, reason: str, errors: list[dict[str, Any]] | None = None) -> None:
         await self.run_store.mark(run_id, "failed", {"reason": reason, "errors": errors or []})
+        self._note_stopped(run_id)
         for signal in self._signals.get(run_id, set()):
             signal.cancel(reason)
         await self._checkpoint("before-final", run_id)
@@ -661,6 +719,19 @@ class Engine:
                                                                            "reason": reason}})
             logger.warning("run %s failed: %s", run_id, reason)
             await self.coordination.forget_run(run_id)
+
+    def _note_stopped(self, run_id: str) -> None:
+        self._stopped_runs[run_id] = None
+        if len(self._stopped_runs) > 10_000:
+            self._stopped_runs.pop(next(iter(self._stopped_runs)))
+
+    def _stopped_while_running(self, state: RunState) -> bool:
+        """True when the run stopped after this job loaded it (as far as this process can tell).
+
+        In process the state is live; distributed, this process saw the stop itself (it failed or
+        cancelled the run) or its heartbeat read the final status while the node ran.
+        """
+        return state.stopped or state.header.run_id in self._stopped_runs
 
     async def _enqueue_into(self, enqueued: list[str], job: Job) -> None:
         enqueued.append(await self._enqueue(job))

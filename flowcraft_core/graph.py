@@ -58,6 +58,14 @@ class CompiledGraph:
             if self.component.get(e.target, -1) != component_id
         ]
 
+    def target_iteration(self, source: str, target: str, kind: str, iteration: int) -> int:
+        """The iteration at which a route of ``source`` (run in ``iteration``) reaches ``target``."""
+        if kind == "back":
+            return iteration + 1
+        if kind == "exit":
+            return 0
+        return iteration
+
     @property
     def is_dag(self) -> bool:
         """True when the blueprint has no cycle."""

@@ -1,0 +1,97 @@
+"""The completion rule and stopped runs, distributed (SPEC case 23; issue 16's engine half).
+
+Two polling workers on the real emulators. Node code appends to one timeline, and so does every write
+of a final status, so the tests can assert that nothing of a run started after its final status and
+that the status carries every branch's output (order and counts, never durations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from harness import Distributed, blueprint
+from helpers import wait_until
+
+from flowcraft_core.azure.services import AzureServices
+from flowcraft_core.nodes import NodeContext, NodeResult
+
+RUN_TIMEOUT = 30.0
+
+
+class Timeline:
+    """What node code did and when final statuses were written, per run, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+
+    def count(self, run_id: str, node_id: str) -> int:
+        return self.events.count((run_id, "start", node_id))
+
+    def after_final(self, run_id: str) -> list[tuple[str, str, str]]:
+        mine = [e for e in self.events if e[0] == run_id]
+        finals = [i for i, e in enumerate(mine) if e[1] == "final"]
+        assert len(finals) == 1, mine
+        return mine[finals[0] + 1:]
+
+    def watch(self, services: AzureServices) -> AzureServices:
+        store = services.adapter.status_store
+        original = store.finalize
+
+        async def finalize(run_id: str, status: Any, **kwargs: Any) -> bool:
+            wrote = await original(run_id, status, **kwargs)
+            if wrote:
+                self.events.append((run_id, "final", str(status)))
+            return wrote
+
+        store.finalize = finalize  # type: ignore[method-assign]
+        return services
+
+
+def registry(tl: Timeline) -> dict[str, Any]:
+    def make(pause: float = 0.0, fail: bool = False) -> Any:
+        async def impl(ctx: NodeContext) -> NodeResult:
+            tl.events.append((ctx.run_id, "start", ctx.node_id))
+            if pause:
+                await asyncio.sleep(pause)
+            tl.events.append((ctx.run_id, "end", ctx.node_id))
+            if fail:
+                raise RuntimeError(f"{ctx.node_id} always fails")
+            return NodeResult(output=f"{ctx.node_id} done")
+
+        return impl
+
+    return {"quick": make(), "slow": make(pause=1.5), "boom": make(fail=True)}
+
+
+ANY_JOIN_SLOW = blueprint({
+    "id": "any-slow",
+    "nodes": [{"id": "s", "uses": "quick"}, {"id": "fast", "uses": "quick"}, {"id": "slow", "uses": "slow"},
+              {"id": "j", "uses": "quick", "config": {"joinStrategy": "any"}}],
+    "edges": [{"source": "s", "target": "fast"}, {"source": "s", "target": "slow"},
+              {"source": "fast", "target": "j"}, {"source": "slow", "target": "j"}],
+})
+
+BLUEPRINTS = {bp.id: bp for bp in (ANY_JOIN_SLOW,)}
+
+
+async def two_workers(distributed: Distributed, tl: Timeline) -> tuple[AzureServices, AzureServices]:
+    first = tl.watch(await distributed.build(registry(tl), BLUEPRINTS))
+    second = tl.watch(await distributed.build(registry(tl), BLUEPRINTS))
+    return first, second
+
+
+async def test_any_join_with_a_slow_sibling_completes_after_it_with_its_output(distributed: Distributed) -> None:
+    tl = Timeline()
+    first, _ = await two_workers(distributed, tl)
+
+    run_id = await first.adapter.start_run("any-slow", {})
+    status = await first.adapter.wait_for_run(run_id, timeout=RUN_TIMEOUT, interval=0.05)
+
+    assert status["status"] == "completed", status
+    assert status["result"]["context"]["_outputs.slow"] == "slow done"
+    assert [tl.count(run_id, n) for n in ("s", "fast", "slow", "j")] == [1, 1, 1, 1]
+    assert tl.after_final(run_id) == []
+    # The output is there for good, not only in the status: the stored context has it too.
+    assert (await first.adapter.engine.run_context(run_id))["_outputs.slow"] == "slow done"
+    await wait_until(lambda: not first.adapter._in_flight, timeout=5, message="worker idle")

@@ -1,0 +1,117 @@
+"""The completion rule and stopped runs, in process (issue 16's engine half; SPEC case 23).
+
+A run completes only when no branch can still execute; once it has a final status nothing of it runs
+any more. Each test keeps a timeline of what node code did and when the final status was written, and
+asserts on it (order, never wall-clock durations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from flowcraft_core import FlowRuntime, NodeContext, NodeResult, WorkflowResult
+from flowcraft_core.protocols import Job
+from tests.helpers import bp
+
+DEADLINE = 10.0
+
+
+class Timeline:
+    """Node starts and ends, and final-status writes, in the order they happened."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def count(self, node_id: str) -> int:
+        return self.events.count(("start", node_id))
+
+    def after_final(self) -> list[tuple[str, str]]:
+        finals = [i for i, (kind, _) in enumerate(self.events) if kind == "final"]
+        assert len(finals) == 1, self.events
+        return self.events[finals[0] + 1:]
+
+    def watch(self, runtime: FlowRuntime) -> FlowRuntime:
+        store = runtime.engine.status_store
+        original = store.finalize
+
+        async def finalize(run_id: str, status: Any, **kwargs: Any) -> bool:
+            wrote = await original(run_id, status, **kwargs)
+            if wrote:
+                self.events.append(("final", str(status)))
+            return wrote
+
+        store.finalize = finalize  # type: ignore[method-assign]
+        return runtime
+
+
+def node(timeline: Timeline, *, pause: float = 0.0, action: str | None = None, fail: bool = False) -> Any:
+    async def impl(ctx: NodeContext) -> NodeResult:
+        timeline.events.append(("start", ctx.node_id))
+        if pause:
+            await asyncio.sleep(pause)  # a slow sibling: real work that takes a while
+        timeline.events.append(("end", ctx.node_id))
+        if fail:
+            raise RuntimeError(f"{ctx.node_id} always fails")
+        return NodeResult(output=f"{ctx.node_id} done", action=action)
+
+    return impl
+
+
+async def run(runtime: FlowRuntime, blueprint: dict[str, Any]) -> WorkflowResult:
+    return await asyncio.wait_for(runtime.run(blueprint, {}), DEADLINE)
+
+
+def any_join_blueprint(slow: dict[str, Any]) -> dict[str, Any]:
+    return bp(["s", "fast", slow, {"id": "j", "uses": "j", "config": {"joinStrategy": "any"}}],
+              [("s", "fast"), ("s", "slow"), ("fast", "j"), ("slow", "j")])
+
+
+async def test_any_join_with_a_slow_sibling_completes_after_the_sibling_with_its_output() -> None:
+    tl = Timeline()
+    registry = {"s": node(tl), "fast": node(tl), "slow": node(tl, pause=0.3), "j": node(tl)}
+    runtime = tl.watch(FlowRuntime(registry=registry))
+
+    result = await run(runtime, any_join_blueprint({"id": "slow", "uses": "slow"}))
+
+    assert result.status == "completed", result.errors
+    assert result.context["_outputs.slow"] == "slow done"
+    assert [tl.count(n) for n in ("s", "fast", "slow", "j")] == [1, 1, 1, 1]
+    assert tl.after_final() == []  # the final status came after the slow sibling ended
+    # ... and the user-visible status carries the sibling's output.
+    status = await runtime.engine.status_store.get(result.run_id)
+    assert status is not None and status["result"]["context"]["_outputs.slow"] == "slow done"
+
+
+async def test_any_join_with_a_sleeping_sibling_waits_for_its_wake_up() -> None:
+    tl = Timeline()
+    registry = {"s": node(tl), "fast": node(tl), "after_sleep": node(tl), "j": node(tl)}
+    blueprint = bp(["s", "fast", {"id": "nap", "uses": "sleep", "params": {"duration": 200}}, "after_sleep",
+                    {"id": "j", "uses": "j", "config": {"joinStrategy": "any"}}],
+                   [("s", "fast"), ("s", "nap"), ("nap", "after_sleep"), ("fast", "j"), ("after_sleep", "j")])
+    runtime = tl.watch(FlowRuntime(registry=registry))
+
+    result = await run(runtime, blueprint)
+
+    assert result.status == "completed", result.errors
+    # Finalizing no longer cancels the sibling's pending wake-up: it woke and its successor ran.
+    assert tl.count("after_sleep") == 1 and tl.count("j") == 1
+    assert "_outputs.after_sleep" in result.context
+    assert tl.after_final() == []
+
+
+async def test_a_late_job_of_a_completed_run_is_dropped_not_executed() -> None:
+    tl = Timeline()
+    registry = {"r": node(tl, action="left"), "left": node(tl), "right": node(tl)}
+    blueprint = bp(["r", "left", "right"], [{"source": "r", "target": "left", "action": "left"},
+                                            {"source": "r", "target": "right", "action": "right"}])
+    runtime = tl.watch(FlowRuntime(registry=registry))
+    result = await run(runtime, blueprint)
+    assert result.status == "completed", result.errors
+
+    for node_id in ("r", "left", "right"):
+        outcome = await runtime.engine.handle_job(Job(result.run_id, "t", node_id))
+        assert outcome.status == "dropped" and not outcome.executed, outcome
+    assert [tl.count(n) for n in ("r", "left", "right")] == [1, 1, 0]
+    assert tl.after_final() == []
+
