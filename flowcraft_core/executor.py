@@ -131,6 +131,12 @@ class NodeExecutor:
             err = NodeExecutionError(node.id, f"cancelled: {exc}", max(attempts_box[0], 1))
             return ExecutionOutcome(None, err, err.attempt)
         except _Failed as failed:
+            if ctx.signal.cancelled:
+                # The run ended (another node failed it, or it was cancelled) while this node failed:
+                # a run that has ended starts no fallback.
+                err = NodeExecutionError(node.id, f"cancelled: {ctx.signal.reason or 'run stopped'}",
+                                         attempts_box[0])
+                return ExecutionOutcome(None, err, err.attempt)
             fallback = await self._fallback(node, impl, ctx, failed, payload, fallback_node)
             if fallback is None:
                 message = _describe(failed.error)

@@ -115,3 +115,35 @@ async def test_a_late_job_of_a_completed_run_is_dropped_not_executed() -> None:
     assert [tl.count(n) for n in ("r", "left", "right")] == [1, 1, 0]
     assert tl.after_final() == []
 
+
+async def test_a_failed_run_starts_no_fallback_and_commits_nothing_of_a_sibling() -> None:
+    tl = Timeline()
+    started = asyncio.Event()
+
+    async def fails_later(ctx: NodeContext) -> NodeResult:
+        tl.events.append(("start", ctx.node_id))
+        started.set()
+        await ctx.signal.wait()  # still running when its sibling fails the run; then fails itself
+        raise RuntimeError("fails after the run already failed")
+
+    async def boom(ctx: NodeContext) -> NodeResult:
+        await started.wait()
+        tl.events.append(("start", ctx.node_id))
+        raise RuntimeError("boom")
+
+    async def rescue(ctx: NodeContext) -> NodeResult:
+        tl.events.append(("start", "rescue"))
+        return NodeResult(output="rescued")
+
+    registry = {"s": node(tl), "boom": boom, "later": fails_later, "rescue": rescue}
+    blueprint = bp(["s", "boom", {"id": "later", "uses": "later", "config": {"fallback": "rescue"}}],
+                   [("s", "boom"), ("s", "later")])
+    runtime = tl.watch(FlowRuntime(registry=registry))
+
+    result = await run(runtime, blueprint)
+
+    assert result.status == "failed"
+    assert result.errors[0]["nodeId"] == "boom"
+    assert tl.count("rescue") == 0  # the fallback never started: its run had already failed
+    assert "_outputs.later" not in result.context
+    assert tl.after_final() == []
