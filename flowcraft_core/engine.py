@@ -41,7 +41,7 @@ from .events import EventBus, LoggingEventBus, Middleware
 from .executor import NodeExecutor, resolve_input
 from .expressions import Evaluator, SafeEvaluator
 from .frontier import run_may_complete
-from .graph import CompiledGraph, compile_graph, entry_node_ids
+from .graph import ITERATION_BASE, CompiledGraph, compile_graph, entry_node_ids
 from .models import NodeDefinition, WorkflowBlueprint
 from .nodes import CancelSignal, NodeContext, NodeResult
 from .protocols import (
@@ -56,7 +56,7 @@ from .protocols import (
     RunStore,
     StatusStore,
 )
-from .routing import plan_routes
+from .routing import edge_kind, plan_routes
 
 logger = logging.getLogger("flowcraft.engine")
 T = TypeVar("T")
@@ -174,7 +174,8 @@ class Engine:
         self.dependencies = dict(dependencies or {})
         self.options = options or EngineOptions()
         self.executor = NodeExecutor(registry=self.registry, builtins=BUILTIN_IMPLEMENTATIONS,
-                                     event_bus=self.events, middleware=self.middleware)
+                                     event_bus=self.events, middleware=self.middleware,
+                                     stop_check=self._stop_reason)
         self._graphs: dict[str, CompiledGraph] = {}
         self._signals: dict[str, set[CancelSignal]] = {}
         self._last_touch: dict[str, float] = {}
@@ -472,17 +473,10 @@ class Engine:
         self._signals.setdefault(job.run_id, set()).add(signal)
         try:
             def arrived(pred: str) -> bool:
-                # A join sees the predecessors whose edge into it was taken: inside a loop in this
-                # iteration (not outputs left over from earlier ones); from outside the loop, in the
-                # iteration that left it (or the one run of a node in no loop).
-                if graph.same_cycle(pred, node.id):
-                    records = [state.record(pred, job.iteration)]
-                elif not graph.in_cycle(pred):
-                    records = [state.record(pred)]
-                else:
-                    records = [r for r in state.records.values() if r.node_id == pred]
-                return any(rec is not None and rec.status == "completed"
-                           and any(r.target == node.id and r.taken for r in rec.routes) for rec in records)
+                # A join sees the predecessors whose edge into it was taken into this iteration: inside
+                # a loop in this round (not outputs left over from earlier ones); from an inner loop, in
+                # the round that left it; from outside every loop, its one run.
+                return _delivered(state, graph, pred, node.id, job.iteration)
 
             node_input = resolve_input(node, graph, view, via=job.via, arrived=arrived)
             deps = {**self.dependencies, "runtime": self}
@@ -590,38 +584,46 @@ class Engine:
         for route in record.routes:
             key = (route.target, route.kind)
             merged[key] = merged.get(key, False) or route.taken
-        loop_ended = False
         steps: list[Awaitable[Any]] = []
         for (target, kind), taken in merged.items():
+            target_it = graph.target_iteration(node.id, target, kind, it)
             if kind == "back":
                 if taken:
-                    job = Job(run_id, state.header.blueprint_id, target, it + 1, via=node.id)
-                    if not (eager and state.record(target, it + 1) is not None):
+                    job = Job(run_id, state.header.blueprint_id, target, target_it, via=node.id)
+                    if not (eager and state.record(target, target_it) is not None):
                         steps.append(self._enqueue_into(enqueued, job))
                 continue
             if kind == "exit":
                 if taken:
-                    steps.append(self._arrive(state, graph, target, 0, node.id, True, enqueued, eager=eager))
+                    steps.append(self._arrive(state, graph, target, target_it, node.id, True, enqueued,
+                                              eager=eager))
                 continue
-            steps.append(self._arrive(state, graph, target, it, node.id, taken, enqueued, eager=eager))
+            steps.append(self._arrive(state, graph, target, target_it, node.id, taken, enqueued, eager=eager))
         # Targets are independent: a wide fan-out sends its messages concurrently instead of one by one.
         await _bounded(steps)
-        if graph.in_cycle(node.id) and not any(
-            taken for (_t, kind), taken in merged.items() if kind == "back"
-        ) and any(kind == "back" for (_t, kind) in merged):
-            loop_ended = True
-        if loop_ended:
-            # The loop ended: exits not taken in any iteration are dead paths now.
-            comp = graph.component[node.id]
-            taken_exits = {t for (t, kind), taken in merged.items() if kind == "exit" and taken}
-            for edge in graph.exit_edges(comp):
-                if edge.target not in taken_exits:
-                    await self._arrive(state, graph, edge.target, 0, edge.source, False, enqueued, eager=eager)
+        for header in _ended_loops(graph, node.id, merged):
+            await self._end_loop(state, graph, header, node.id, it, merged, enqueued, eager=eager)
         return enqueued
+
+    async def _end_loop(self, state: RunState, graph: CompiledGraph, header: str, controller: str, it: int,
+                        merged: Mapping[tuple[str, str], bool], enqueued: RouteLog, *, eager: bool) -> None:
+        """A loop ended (its controller did not go round again): exits it never took are dead paths.
+
+        Only this loop's exits, in this round of the loops around it: an inner loop ending says nothing
+        about the outer loop's exits.
+        """
+        taken_here = {t for (t, kind), taken in merged.items() if kind == "exit" and taken}
+        for edge in graph.loop_exit_edges(header):
+            if edge.source == controller and edge.target in taken_here:
+                continue
+            target_it = graph.target_iteration(controller, edge.target, "exit", it)
+            if edge.source != controller and _took_exit(state, graph, edge.source, edge.target, target_it):
+                continue  # another node of the loop took this exit in one of its rounds
+            await self._arrive(state, graph, edge.target, target_it, edge.source, False, enqueued, eager=eager)
 
     async def _arrive(self, state: RunState, graph: CompiledGraph, target: str, it: int, source: str,
                       done: bool, enqueued: RouteLog, *, eager: bool, expected: int | None = None,
-                      whole_loop: bool = False) -> None:
+                      dead_levels: int = 0) -> None:
         run_id = state.header.run_id
         tnode = graph.nodes.get(target)
         if tnode is None:
@@ -645,22 +647,28 @@ class Engine:
                 return
             enqueued.append(await self._enqueue(Job(run_id, state.header.blueprint_id, target, it)))
             return
-        await self._skip(state, graph, target, it, enqueued, eager=eager,
-                         whole_loop=whole_loop or (graph.in_cycle(target) and not graph.same_cycle(source, target)))
+        # Skipping into a loop from outside skips every round of it: the walk may leave those loops again.
+        entered = graph.depth(target) - graph.common_depth(source, target)
+        await self._skip(state, graph, target, it, enqueued, eager=eager, dead_levels=dead_levels + entered)
 
     async def _skip(self, state: RunState, graph: CompiledGraph, node_id: str, it: int, enqueued: RouteLog,
-                    *, eager: bool, whole_loop: bool) -> None:
-        """Dead-path elimination: a node none of whose predecessors ran is skipped, and so on below it."""
+                    *, eager: bool, dead_levels: int) -> None:
+        """Dead-path elimination: a node none of whose predecessors ran is skipped, and so on below it.
+
+        ``dead_levels`` counts the loops this walk entered (so they are dead as a whole); leaving any
+        other loop is left to that loop's end (a branch skipped in one round says nothing about its exit).
+        """
         await self.events.emit({"type": "node:skipped", "payload": {"runId": state.header.run_id,
                                                                     "nodeId": node_id}})
         for edge in graph.out_edges.get(node_id, []):
             if graph.is_back_edge(edge):
                 continue
-            leaving = graph.in_cycle(node_id) and not graph.same_cycle(node_id, edge.target)
-            if leaving and not whole_loop:
-                continue  # a branch skipped inside one iteration says nothing about the loop's exit
-            await self._arrive(state, graph, edge.target, 0 if leaving else it, node_id, False, enqueued,
-                               eager=eager, whole_loop=whole_loop and not leaving)
+            leaving = graph.depth(node_id) - graph.common_depth(node_id, edge.target)
+            if leaving > dead_levels:
+                continue
+            target_it = graph.target_iteration(node_id, edge.target, "forward", it)
+            await self._arrive(state, graph, edge.target, target_it, node_id, False, enqueued,
+                               eager=eager, dead_levels=dead_levels - leaving)
 
     async def _complete_if_finished(self, run_id: str) -> None:
         """Complete the run if the completion rule holds on a fresh read of its records.
@@ -724,6 +732,16 @@ class Engine:
         self._stopped_runs[run_id] = None
         if len(self._stopped_runs) > 10_000:
             self._stopped_runs.pop(next(iter(self._stopped_runs)))
+
+    async def _stop_reason(self, run_id: str) -> str | None:
+        """Why the run stopped (failed, cancelled, completed), or None while it runs; reads its status."""
+        if run_id in self._stopped_runs:
+            return "the run has ended"
+        status = await self.status_store.get(run_id)
+        if status is not None and status["status"] in FINAL_STATUSES:
+            self._note_stopped(run_id)
+            return str(status.get("reason") or f"the run {status['status']}")
+        return None
 
     def _stopped_while_running(self, state: RunState) -> bool:
         """True when the run stopped after this job loaded it (as far as this process can tell).
@@ -822,6 +840,40 @@ class Engine:
         return dict(state.context)
 
 
+def _ended_loops(graph: CompiledGraph, node_id: str, merged: Mapping[tuple[str, str], bool]) -> list[str]:
+    """Headers of the loops whose back edges from this node were all not taken (those loops ended)."""
+    taken_by_loop: dict[str, bool] = {}
+    for (target, kind), taken in merged.items():
+        if kind != "back":
+            continue
+        header = graph.loop_of_back_edge(node_id, target)
+        if header is not None:
+            taken_by_loop[header] = taken_by_loop.get(header, False) or taken
+    return [header for header, taken in taken_by_loop.items() if not taken]
+
+
+def _delivered(state: RunState, graph: CompiledGraph, source: str, target: str, target_it: int) -> bool:
+    """True when a completed record of ``source`` took an edge to ``target`` in that target iteration."""
+    if graph.depth(source) <= graph.common_depth(source, target):
+        # Not deeper than the target: its one execution feeding this iteration has a known key.
+        rec = state.record(source, graph.truncate_iteration(target, target_it, graph.depth(source)))
+        return rec is not None and rec.status == "completed" and any(
+            r.target == target and r.taken for r in rec.routes)
+    return _took_exit(state, graph, source, target, target_it)
+
+
+def _took_exit(state: RunState, graph: CompiledGraph, source: str, target: str, target_it: int) -> bool:
+    """True when a stored record of ``source`` took its edge to ``target`` into that target iteration."""
+    for rec in state.records.values():
+        if rec.node_id != source:
+            continue
+        for route in rec.routes:
+            if (route.target == target and route.taken
+                    and graph.target_iteration(source, target, route.kind, rec.iteration) == target_it):
+                return True
+    return False
+
+
 def _is_join(graph: CompiledGraph, node: NodeDefinition) -> bool:
     """True for a node that several jobs can release: more than one predecessor, or a batch gather."""
     from .builtins.names import BATCH_GATHER
@@ -841,30 +893,51 @@ async def _bounded(steps: Iterable[Awaitable[T]], limit: int = 32) -> list[T]:
 
 
 def _scheduled(state: RunState, graph: CompiledGraph, node_id: str, iteration: int = 0) -> bool:
-    """True when the run can have scheduled this node: a start node, a dynamic node (or its gather) of a
-    stored record, or the target of a route a stored record took. O(records); only for first executions."""
+    """True when the run can have scheduled this node in this iteration: a start node, a dynamic node (or
+    its gather) of a stored record, or the target of a route a stored record took into this iteration.
+    O(records); only for first executions."""
     if iteration != 0 and node_id in graph.nodes and not graph.in_cycle(node_id):
         return False  # only nodes of a loop run in iterations other than 0
     if not graph.in_edges.get(node_id) or node_id in entry_node_ids(graph):
-        return True
-    # Fast path, O(in-degree): the record of a predecessor in this iteration (or the previous one, for a
-    # loop's back edge) normally holds the taken route, found by key and edge position. It only ever
-    # answers True on a stored taken route, so falling back to the full scan keeps the same answers.
+        return iteration == 0 or (bool(graph.in_edges.get(node_id)) and _scheduled_by_record(
+            state, graph, node_id, iteration))
+    return _scheduled_by_record(state, graph, node_id, iteration)
+
+
+def _scheduled_by_record(state: RunState, graph: CompiledGraph, node_id: str, iteration: int) -> bool:
+    # Fast path, O(in-degree): the record of a predecessor whose iteration follows from this one (same
+    # loops, a loop around, or the previous round for a back edge) normally holds the taken route, found
+    # by key and edge position. It only ever answers True on a stored taken route into this iteration,
+    # so falling back to the full scan keeps the same answers.
     for edge in graph.in_edges[node_id]:
-        for it in (iteration, iteration - 1) if iteration > 0 else (iteration,):
-            rec = state.record(edge.source, it)
-            if rec is None:
-                continue
-            routes = rec.routes
-            for i in graph.out_positions.get(edge.source, {}).get(node_id, ()):
-                if i < len(routes) and routes[i].target == node_id and routes[i].taken:
-                    return True
-    for rec in state.records.values():
-        if any(route.taken and route.target == node_id for route in rec.routes):
-            return True
-        for dyn in rec.dynamic_nodes or ():
-            if dyn.get("id") == node_id or dyn.get("gatherNodeId") == node_id:
+        source = edge.source
+        kind = edge_kind(graph, edge)
+        if kind == "back":
+            loop = graph.loops.get(node_id)
+            step = ITERATION_BASE ** (loop.depth - 1) if loop is not None else 1
+            candidate = iteration - step
+        elif graph.depth(source) <= graph.common_depth(source, node_id):
+            candidate = graph.truncate_iteration(node_id, iteration, graph.depth(source))
+        else:
+            continue  # leaves an inner loop: its round is not known from this iteration
+        if candidate < 0 or graph.target_iteration(source, node_id, kind, candidate) != iteration:
+            continue
+        rec = state.record(source, candidate)
+        if rec is None:
+            continue
+        routes = rec.routes
+        for i in graph.out_positions.get(source, {}).get(node_id, ()):
+            if i < len(routes) and routes[i].target == node_id and routes[i].taken:
                 return True
+    for rec in state.records.values():
+        for route in rec.routes:
+            if (route.taken and route.target == node_id
+                    and graph.target_iteration(rec.node_id, node_id, route.kind, rec.iteration) == iteration):
+                return True
+        if rec.iteration == iteration:
+            for dyn in rec.dynamic_nodes or ():
+                if dyn.get("id") == node_id or dyn.get("gatherNodeId") == node_id:
+                    return True
     return False
 
 

@@ -147,3 +147,60 @@ async def test_a_failed_run_starts_no_fallback_and_commits_nothing_of_a_sibling(
     assert tl.count("rescue") == 0  # the fallback never started: its run had already failed
     assert "_outputs.later" not in result.context
     assert tl.after_final() == []
+
+
+def nested_loops(after: str = "done") -> dict[str, Any]:
+    """An outer loop (3 rounds) around an inner loop (2 rounds per outer round), then ``after``."""
+    return bp(
+        ["begin", "outer_body", "inner_body",
+         {"id": "inner", "uses": "loop-controller", "params": {"condition": "_outputs.inner_body < 2"}},
+         {"id": "outer", "uses": "loop-controller", "params": {"condition": "_outputs.outer_body < 3"}},
+         after],
+        [("begin", "outer_body"), ("outer_body", "inner_body"), ("inner_body", "inner"),
+         {"source": "inner", "target": "inner_body", "action": "continue"},
+         {"source": "inner", "target": "outer", "action": "break"},
+         {"source": "outer", "target": "outer_body", "action": "continue"},
+         {"source": "outer", "target": after, "action": "break"}],
+    )
+
+
+def counting(tl: Timeline, counter: str, *, reset: str | None = None) -> Any:
+    """A loop body counting its rounds in the context (``reset`` restarts an inner loop's count)."""
+    async def impl(ctx: NodeContext) -> NodeResult:
+        tl.events.append(("start", ctx.node_id))
+        count = (await ctx.context.get(counter) or 0) + 1
+        await ctx.context.set(counter, count)
+        if reset:
+            await ctx.context.set(reset, 0)
+        tl.events.append(("end", ctx.node_id))
+        return NodeResult(output=count if reset else (await ctx.context.get(counter)))
+
+    return impl
+
+
+async def test_nested_loops_run_their_bodies_3_and_6_times_and_end_after_both() -> None:
+    tl = Timeline()
+    registry = {"begin": node(tl), "outer_body": counting(tl, "outer_n", reset="inner_n"),
+                "inner_body": counting(tl, "inner_n"), "done": node(tl)}
+    runtime = tl.watch(FlowRuntime(registry=registry))
+
+    result = await run(runtime, nested_loops())
+
+    assert result.status == "completed", result.errors
+    assert [tl.count(n) for n in ("outer_body", "inner_body", "done")] == [3, 6, 1]
+    assert result.context["outer_n"] == 3 and result.context["inner_n"] == 2
+    assert tl.after_final() == []
+
+
+async def test_a_nested_loop_followed_by_a_failing_node_fails() -> None:
+    tl = Timeline()
+    registry = {"begin": node(tl), "outer_body": counting(tl, "outer_n", reset="inner_n"),
+                "inner_body": counting(tl, "inner_n"), "broken": node(tl, fail=True)}
+    runtime = tl.watch(FlowRuntime(registry=registry))
+
+    result = await run(runtime, nested_loops(after="broken"))
+
+    assert result.status == "failed", result
+    assert result.errors[0]["nodeId"] == "broken"
+    assert [tl.count(n) for n in ("outer_body", "inner_body", "broken")] == [3, 6, 1]
+    assert tl.after_final() == []
