@@ -662,6 +662,12 @@ class Engine:
                                                                     "nodeId": node_id}})
         for edge in graph.out_edges.get(node_id, []):
             if graph.is_back_edge(edge):
+                loop = graph.loops.get(edge.target)
+                if loop is not None and loop.back_sources == {node_id} and dead_levels < graph.depth(node_id):
+                    # A skipped loop controller is its loop's end: no round follows this one, so the
+                    # exits the loop never took are dead paths (unless the whole loop is being skipped,
+                    # whose exits this walk reaches itself).
+                    await self._end_loop(state, graph, edge.target, node_id, it, {}, enqueued, eager=eager)
                 continue
             leaving = graph.depth(node_id) - graph.common_depth(node_id, edge.target)
             if leaving > dead_levels:

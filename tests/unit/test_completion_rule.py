@@ -204,3 +204,26 @@ async def test_a_nested_loop_followed_by_a_failing_node_fails() -> None:
     assert result.errors[0]["nodeId"] == "broken"
     assert [tl.count(n) for n in ("outer_body", "inner_body", "broken")] == [3, 6, 1]
     assert tl.after_final() == []
+
+
+async def test_a_loop_whose_controller_is_skipped_ends_and_a_join_after_it_runs() -> None:
+    # F6 of the differential findings, with an all-join after the loop: the router inside the loop
+    # takes no edge, so the controller is skipped; that ends the loop, so its exit is a dead path and
+    # the join below (also fed from outside the loop) runs instead of waiting for ever.
+    tl = Timeline()
+    registry = {"s": node(tl), "body": node(tl), "r": node(tl, action="nomatch"), "x": node(tl),
+                "after": node(tl)}
+    blueprint = bp(
+        ["s", "body", "r", "x", {"id": "ctl", "uses": "loop-controller", "params": {"condition": "true"}},
+         "after"],
+        [("s", "body"), ("body", "r"), {"source": "r", "target": "x", "action": "go"}, ("x", "ctl"),
+         {"source": "ctl", "target": "body", "action": "continue"},
+         {"source": "ctl", "target": "after", "action": "break"}, ("s", "after")],
+    )
+    runtime = tl.watch(FlowRuntime(registry=registry))
+
+    result = await run(runtime, blueprint)
+
+    assert result.status == "completed", result
+    assert [tl.count(n) for n in ("s", "body", "r", "x", "after")] == [1, 1, 1, 0, 1]
+    assert tl.after_final() == []
