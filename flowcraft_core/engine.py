@@ -40,7 +40,7 @@ from .errors import (
 from .events import EventBus, LoggingEventBus, Middleware
 from .executor import NodeExecutor, resolve_input
 from .expressions import Evaluator, SafeEvaluator
-from .frontier import run_may_complete
+from .frontier import delivered, run_may_complete, took_exit, unreleased_predecessors
 from .graph import ITERATION_BASE, CompiledGraph, compile_graph, entry_node_ids
 from .models import NodeDefinition, WorkflowBlueprint
 from .nodes import CancelSignal, NodeContext, NodeResult
@@ -369,6 +369,7 @@ class Engine:
                 raise InvalidJobError(f"run {job.run_id!r} did not schedule node {job.node_id!r}: no stored "
                                       "record routes to it and it is not a start node")
             if _is_join(graph, node):
+                state = await self._require_released(state, graph, node, job)
                 held, released_by = await self._claim_join(job, delivery_id)
                 if not held:
                     # Another delivery of this join (a duplicate message, or an eager re-enqueue) is
@@ -476,7 +477,7 @@ class Engine:
                 # A join sees the predecessors whose edge into it was taken into this iteration: inside
                 # a loop in this round (not outputs left over from earlier ones); from an inner loop, in
                 # the round that left it; from outside every loop, its one run.
-                return _delivered(state, graph, pred, node.id, job.iteration)
+                return delivered(state, graph, pred, node.id, job.iteration)
 
             node_input = resolve_input(node, graph, view, via=job.via, arrived=arrived)
             deps = {**self.dependencies, "runtime": self}
@@ -617,7 +618,7 @@ class Engine:
             if edge.source == controller and edge.target in taken_here:
                 continue
             target_it = graph.target_iteration(controller, edge.target, "exit", it)
-            if edge.source != controller and _took_exit(state, graph, edge.source, edge.target, target_it):
+            if edge.source != controller and took_exit(state, graph, edge.source, edge.target, target_it):
                 continue  # another node of the loop took this exit in one of its rounds
             await self._arrive(state, graph, edge.target, target_it, edge.source, False, enqueued, eager=eager)
 
@@ -775,6 +776,28 @@ class Engine:
         if pending is not None:
             await pending
 
+    async def _require_released(self, state: RunState, graph: CompiledGraph, node: NodeDefinition,
+                                job: Job) -> RunState:
+        """The run's snapshot if its stored records release this join; else refuse the job.
+
+        The gates in Redis release a join only after its predecessors committed, so a genuine job finds
+        their records (after a re-read, if this replica lags); a forged or misrouted message for a join
+        that is scheduled but not released does not, and must not run it early on part of its input.
+        """
+        missing = unreleased_predecessors(state, graph, node, job.iteration)
+        for delay in self.options.stale_read_retry_delays:
+            if not missing:
+                return state
+            await asyncio.sleep(delay)
+            fresh = await self.run_store.load(job.run_id)
+            if fresh is not None:
+                state = fresh
+            missing = unreleased_predecessors(state, graph, node, job.iteration)
+        if missing:
+            raise InvalidJobError(f"run {job.run_id!r}: join {node.id!r} is not released by the stored "
+                                  f"records: {', '.join(sorted(missing)[:10])} can still arrive")
+        return state
+
     async def _reload_until_scheduled(self, state: RunState, graph: CompiledGraph, node_id: str,
                                       job: Job) -> RunState:
         for delay in self.options.stale_read_retry_delays:
@@ -856,28 +879,6 @@ def _ended_loops(graph: CompiledGraph, node_id: str, merged: Mapping[tuple[str, 
         if header is not None:
             taken_by_loop[header] = taken_by_loop.get(header, False) or taken
     return [header for header, taken in taken_by_loop.items() if not taken]
-
-
-def _delivered(state: RunState, graph: CompiledGraph, source: str, target: str, target_it: int) -> bool:
-    """True when a completed record of ``source`` took an edge to ``target`` in that target iteration."""
-    if graph.depth(source) <= graph.common_depth(source, target):
-        # Not deeper than the target: its one execution feeding this iteration has a known key.
-        rec = state.record(source, graph.truncate_iteration(target, target_it, graph.depth(source)))
-        return rec is not None and rec.status == "completed" and any(
-            r.target == target and r.taken for r in rec.routes)
-    return _took_exit(state, graph, source, target, target_it)
-
-
-def _took_exit(state: RunState, graph: CompiledGraph, source: str, target: str, target_it: int) -> bool:
-    """True when a stored record of ``source`` took its edge to ``target`` into that target iteration."""
-    for rec in state.records.values():
-        if rec.node_id != source:
-            continue
-        for route in rec.routes:
-            if (route.target == target and route.taken
-                    and graph.target_iteration(source, target, route.kind, rec.iteration) == target_it):
-                return True
-    return False
 
 
 def _is_join(graph: CompiledGraph, node: NodeDefinition) -> bool:

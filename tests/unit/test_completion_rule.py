@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from flowcraft_core import FlowRuntime, NodeContext, NodeResult, WorkflowResult
+from flowcraft_core.errors import InvalidJobError
 from flowcraft_core.protocols import Job
-from tests.helpers import bp
+from tests.helpers import bp, wait_until
 
 DEADLINE = 10.0
 
@@ -227,3 +230,49 @@ async def test_a_loop_whose_controller_is_skipped_ends_and_a_join_after_it_runs(
     assert result.status == "completed", result
     assert [tl.count(n) for n in ("s", "body", "r", "x", "after")] == [1, 1, 1, 0, 1]
     assert tl.after_final() == []
+
+
+async def test_a_forged_job_for_a_scheduled_but_unreleased_join_is_refused() -> None:
+    # Issue 14 point 6: 3 of 8 branches committed (so a stored record routes to the join: it is
+    # scheduled), 5 still run. A well-formed job for the join must not run it on 3 of 8 inputs.
+    tl = Timeline()
+    release = asyncio.Event()
+    done = 0
+    seen: list[Any] = []
+
+    async def branch(ctx: NodeContext) -> NodeResult:
+        nonlocal done
+        tl.events.append(("start", ctx.node_id))
+        if int(ctx.node_id[1:]) >= 3:
+            await release.wait()
+        done += 1
+        return NodeResult(output=ctx.node_id)
+
+    async def join(ctx: NodeContext) -> NodeResult:
+        tl.events.append(("start", ctx.node_id))
+        seen.append(ctx.input)
+        return NodeResult(output=sorted(ctx.input))
+
+    branches = [f"b{i}" for i in range(8)]
+    blueprint = bp(["s", *({"id": b, "uses": "branch"} for b in branches), "join"],
+                   [*(("s", b) for b in branches), *((b, "join") for b in branches)])
+    runtime = tl.watch(FlowRuntime(registry={"s": node(tl), "branch": branch, "join": join}))
+    task = asyncio.create_task(runtime.run(blueprint, {}, run_id="forged-join"))
+    try:
+        async def three_committed() -> bool:
+            state = await runtime.engine.run_store.load("forged-join")
+            return state is not None and sum(1 for b in branches if state.record(b)) == 3
+
+        await wait_until(three_committed, timeout=DEADLINE, interval=0.01, message="3 branches committed")
+        with pytest.raises(InvalidJobError, match="join 'join' is not released"):
+            await runtime.engine.handle_job(Job("forged-join", "t", "join"))
+        assert tl.count("join") == 0
+        release.set()
+        result = await asyncio.wait_for(task, DEADLINE)
+    finally:
+        if not task.done():
+            task.cancel()
+
+    assert result.status == "completed", result.errors
+    assert tl.count("join") == 1
+    assert seen == [{b: b for b in branches}]  # it ran once, on all eight
