@@ -88,7 +88,7 @@ def registry(tl: Timeline) -> dict[str, Any]:
         tl.events.append((ctx.run_id, "start", "rescue"))
         return NodeResult(output="rescued")
 
-    return {"quick": make(), "slow": make(pause=1.5), "boom": make(fail=True),
+    return {"quick": make(), "slow": make(pause=1.5), "boom": make(fail=True), "slow-boom": make(1.5, fail=True),
             "outer-body": counting("outer_n", reset="inner_n"), "inner-body": counting("inner_n"),
             "fails-after-the-run": fails_after_the_run, "rescue": rescue}
 
@@ -128,8 +128,16 @@ FALLBACK_AFTER_FAIL = blueprint({
     "edges": [{"source": "s", "target": "boom"}, {"source": "s", "target": "later"}],
 })
 
-BLUEPRINTS = {bp.id: bp for bp in (ANY_JOIN_SLOW, nested("nested", "quick"), nested("nested-fail", "boom"),
-                                   FALLBACK_AFTER_FAIL)}
+ANY_JOIN_SLOW_FAILING = blueprint({
+    "id": "any-slow-failing",
+    "nodes": [{"id": "s", "uses": "quick"}, {"id": "fast", "uses": "quick"}, {"id": "slow", "uses": "slow-boom"},
+              {"id": "j", "uses": "quick", "config": {"joinStrategy": "any"}}, {"id": "after", "uses": "quick"}],
+    "edges": [{"source": "s", "target": "fast"}, {"source": "s", "target": "slow"},
+              {"source": "fast", "target": "j"}, {"source": "slow", "target": "j"}, {"source": "j", "target": "after"}],
+})
+
+BLUEPRINTS = {bp.id: bp for bp in (ANY_JOIN_SLOW, ANY_JOIN_SLOW_FAILING, nested("nested", "quick"),
+                                   nested("nested-fail", "boom"), FALLBACK_AFTER_FAIL)}
 
 
 async def two_workers(distributed: Distributed, tl: Timeline) -> tuple[AzureServices, AzureServices]:
@@ -152,6 +160,20 @@ async def test_any_join_with_a_slow_sibling_completes_after_it_with_its_output(d
     # The output is there for good, not only in the status: the stored context has it too.
     assert (await first.adapter.engine.run_context(run_id))["_outputs.slow"] == "slow done"
     await wait_until(lambda: not first.adapter._in_flight, timeout=5, message="worker idle")
+
+
+async def test_any_join_with_a_slow_sibling_that_fails_fails_the_run(distributed: Distributed) -> None:
+    # F11 of the differential findings: it reported "completed", and the failing node ran after that.
+    tl = Timeline()
+    first, _ = await two_workers(distributed, tl)
+
+    run_id = await first.adapter.start_run("any-slow-failing", {})
+    status = await first.adapter.wait_for_run(run_id, timeout=RUN_TIMEOUT, interval=0.05)
+
+    assert status["status"] == "failed", status
+    assert "'slow'" in status["reason"]
+    assert [tl.count(run_id, n) for n in ("s", "fast", "slow", "j")] == [1, 1, 1, 1]
+    assert tl.after_final(run_id) == []
 
 
 async def test_nested_loops_run_their_bodies_3_and_6_times(distributed: Distributed) -> None:

@@ -276,3 +276,41 @@ async def test_a_forged_job_for_a_scheduled_but_unreleased_join_is_refused() -> 
     assert result.status == "completed", result.errors
     assert tl.count("join") == 1
     assert seen == [{b: b for b in branches}]  # it ran once, on all eight
+
+
+async def test_any_join_with_a_sleeping_sibling_that_fails_for_good_fails_the_run() -> None:
+    # F11 of the differential findings: the sibling's branch can still run (and fail) after the any-join
+    # fired, so the run cannot complete before it; it fails on the sibling.
+    tl = Timeline()
+    registry = {"s": node(tl), "fast": node(tl), "bad": node(tl, fail=True), "j": node(tl), "after": node(tl)}
+    blueprint = bp(["s", "fast", {"id": "nap", "uses": "sleep", "params": {"duration": 200}}, "bad",
+                    {"id": "j", "uses": "j", "config": {"joinStrategy": "any"}}, "after"],
+                   [("s", "fast"), ("s", "nap"), ("nap", "bad"), ("fast", "j"), ("bad", "j"), ("j", "after")])
+    runtime = tl.watch(FlowRuntime(registry=registry))
+
+    result = await run(runtime, blueprint)
+
+    assert result.status == "failed", result
+    assert result.errors[0]["nodeId"] == "bad"
+    assert tl.count("j") == 1 and tl.count("bad") == 1
+    assert tl.after_final() == []
+
+
+async def test_nested_loops_with_a_sleep_in_the_outer_body_lose_nothing() -> None:
+    # F7 of the differential findings: a sleep after the inner loop's exit, then the outer controller.
+    tl = Timeline()
+    blueprint = nested_loops()
+    blueprint["nodes"].append({"id": "nap", "uses": "sleep", "params": {"duration": 10}})
+    blueprint["edges"] = [e for e in blueprint["edges"] if not (e["source"] == "inner" and e["target"] == "outer")]
+    blueprint["edges"] += [{"source": "inner", "target": "nap", "action": "break"},
+                           {"source": "nap", "target": "outer"}]
+    registry = {"begin": node(tl), "outer_body": counting(tl, "outer_n", reset="inner_n"),
+                "inner_body": counting(tl, "inner_n"), "done": node(tl)}
+    runtime = tl.watch(FlowRuntime(registry=registry))
+
+    result = await run(runtime, blueprint)
+
+    assert result.status == "completed", result.errors
+    assert [tl.count(n) for n in ("outer_body", "inner_body", "done")] == [3, 6, 1]
+    assert {"_outputs.nap", "_outputs.outer", "_outputs.done"} <= set(result.context)
+    assert tl.after_final() == []
