@@ -40,7 +40,8 @@ from .errors import (
 from .events import EventBus, LoggingEventBus, Middleware
 from .executor import NodeExecutor, resolve_input
 from .expressions import Evaluator, SafeEvaluator
-from .graph import CompiledGraph, compile_graph, entry_node_ids
+from .frontier import delivered, run_may_complete, took_exit, unreleased_predecessors
+from .graph import ITERATION_BASE, CompiledGraph, compile_graph, entry_node_ids
 from .models import NodeDefinition, WorkflowBlueprint
 from .nodes import CancelSignal, NodeContext, NodeResult
 from .protocols import (
@@ -55,7 +56,7 @@ from .protocols import (
     RunStore,
     StatusStore,
 )
-from .routing import plan_routes
+from .routing import edge_kind, plan_routes
 
 logger = logging.getLogger("flowcraft.engine")
 T = TypeVar("T")
@@ -110,6 +111,35 @@ class EngineOptions:
     fault_hook: FaultHook | None = None
 
 
+class RouteLog(list[str]):
+    """The keys of the jobs one routing enqueued, and whether a join gate it passed still waits.
+
+    A gate that answered "wait" is decided later by another predecessor's arrival, whose job then
+    continues the branch: so a routing that enqueued nothing and left no gate waiting ended a branch,
+    and only such a job needs to ask whether the run is finished (see ``Engine._complete_if_finished``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited: set[str] = set()
+        self.decided: set[str] = set()
+
+    def gate(self, gate: str, decision: str) -> None:
+        """Note a gate's answer (order-free: one routing may arrive at a gate twice, concurrently)."""
+        (self.waited if decision == "wait" else self.decided).add(gate)
+
+    def merge(self, other: RouteLog) -> None:
+        """Take over what a nested routing enqueued and met."""
+        self.extend(other)
+        self.waited |= other.waited
+        self.decided |= other.decided
+
+    @property
+    def ended_branch(self) -> bool:
+        """True when this routing continued no branch (nothing enqueued, no gate left waiting)."""
+        return not self and not (self.waited - self.decided)
+
+
 class Engine:
     """Executes jobs of runs of registered blueprints over pluggable stores."""
 
@@ -144,10 +174,14 @@ class Engine:
         self.dependencies = dict(dependencies or {})
         self.options = options or EngineOptions()
         self.executor = NodeExecutor(registry=self.registry, builtins=BUILTIN_IMPLEMENTATIONS,
-                                     event_bus=self.events, middleware=self.middleware)
+                                     event_bus=self.events, middleware=self.middleware,
+                                     stop_check=self._stop_reason)
         self._graphs: dict[str, CompiledGraph] = {}
         self._signals: dict[str, set[CancelSignal]] = {}
         self._last_touch: dict[str, float] = {}
+        # Runs this process saw stop (failed, cancelled, completed, or told so by a heartbeat): a node of
+        # such a run that was still executing commits nothing (its snapshot predates the stop).
+        self._stopped_runs: dict[str, None] = {}
         self.fault_hook: FaultHook | None = self.options.fault_hook
         deployed = dict(blueprints or {})
         for bp in deployed.values():
@@ -236,6 +270,7 @@ class Engine:
         if status["status"] in FINAL_STATUSES:
             raise RunStateError(f"run {run_id!r} already ended with status {status['status']!r}")
         await self.run_store.mark(run_id, "cancelled", {"reason": reason})
+        self._note_stopped(run_id)
         for signal in self._signals.get(run_id, set()):
             signal.cancel(reason)
         if await self.status_store.finalize(run_id, "cancelled", reason=reason):
@@ -245,6 +280,7 @@ class Engine:
 
     def signal_run(self, run_id: str, reason: str) -> None:
         """Tell this process's running nodes of a run that it was stopped elsewhere."""
+        self._note_stopped(run_id)
         for signal in list(self._signals.get(run_id, ())):
             signal.cancel(reason)
 
@@ -302,6 +338,7 @@ class Engine:
             raise InvalidJobError(f"job names blueprint {job.blueprint_id!r} but run {job.run_id!r} runs "
                                   f"{state.header.blueprint_id!r}")
         if state.stopped:
+            await self._finish_completed(state)
             return JobOutcome("dropped", job.run_id, job.node_id, "run stopped")
         try:
             graph = self.graph(job.blueprint_id)
@@ -332,6 +369,7 @@ class Engine:
                 raise InvalidJobError(f"run {job.run_id!r} did not schedule node {job.node_id!r}: no stored "
                                       "record routes to it and it is not a start node")
             if _is_join(graph, node):
+                state = await self._require_released(state, graph, node, job)
                 held, released_by = await self._claim_join(job, delivery_id)
                 if not held:
                     # Another delivery of this join (a duplicate message, or an eager re-enqueue) is
@@ -345,6 +383,11 @@ class Engine:
             record.started_at, record.finished_at = started_ms, time.time_ns() // 1_000_000
             executed = True
             await self._checkpoint("after-execute", job.run_id, job.node_id)
+            if self._stopped_while_running(state):
+                # The run failed, was cancelled or completed while the node ran: nothing of a
+                # stopped run is committed (its output must not land in the ended run's context).
+                return JobOutcome("dropped", job.run_id, job.node_id, "run stopped while the node ran",
+                                  executed=True)
             record.delivery = delivery_id
             record, new = await self.run_store.commit(job.run_id, record)
             await self._checkpoint("after-commit", job.run_id, job.node_id)
@@ -376,6 +419,8 @@ class Engine:
             # by its wake-up message instead; the reconciler routes every record whoever committed it.)
             return JobOutcome("completed", job.run_id, job.node_id, "duplicate delivery", executed=executed)
         enqueued = await self._route(state, graph, node, record, eager=replay)
+        if enqueued.ended_branch:
+            await self._complete_if_finished(job.run_id)
         return JobOutcome("completed", job.run_id, job.node_id, "replayed" if replay else "",
                           enqueued=enqueued, executed=executed)
 
@@ -396,7 +441,7 @@ class Engine:
             return 0
         graph = self.graph(state.header.blueprint_id)
         dynamic = _dynamic_nodes(state)
-        enqueued: list[str] = []
+        enqueued = RouteLog()
         for node_id in entry_node_ids(graph):
             if state.record(node_id) is None:
                 enqueued.append(await self._enqueue(Job(run_id, state.header.blueprint_id, node_id)))
@@ -415,6 +460,9 @@ class Engine:
                 # routing, the branch below routes it here instead.
                 continue
             enqueued.extend(await self._route(state, graph, node, rec, eager=True))
+        if not enqueued:
+            # Nothing was missing: the run may only have lost the job that would have completed it.
+            await self._complete_if_finished(run_id)
         await self.status_store.touch(run_id)
         logger.info("reconciled run %s: enqueued %d job(s) %s", run_id, len(enqueued), enqueued[:20])
         return len(enqueued)
@@ -426,17 +474,10 @@ class Engine:
         self._signals.setdefault(job.run_id, set()).add(signal)
         try:
             def arrived(pred: str) -> bool:
-                # A join sees the predecessors whose edge into it was taken: inside a loop in this
-                # iteration (not outputs left over from earlier ones); from outside the loop, in the
-                # iteration that left it (or the one run of a node in no loop).
-                if graph.same_cycle(pred, node.id):
-                    records = [state.record(pred, job.iteration)]
-                elif not graph.in_cycle(pred):
-                    records = [state.record(pred)]
-                else:
-                    records = [r for r in state.records.values() if r.node_id == pred]
-                return any(rec is not None and rec.status == "completed"
-                           and any(r.target == node.id and r.taken for r in rec.routes) for rec in records)
+                # A join sees the predecessors whose edge into it was taken into this iteration: inside
+                # a loop in this round (not outputs left over from earlier ones); from an inner loop, in
+                # the round that left it; from outside every loop, its one run.
+                return delivered(state, graph, pred, node.id, job.iteration)
 
             node_input = resolve_input(node, graph, view, via=job.via, arrived=arrived)
             deps = {**self.dependencies, "runtime": self}
@@ -499,10 +540,10 @@ class Engine:
                           attempts=outcome.attempts)
 
     async def _route(self, state: RunState, graph: CompiledGraph, node: NodeDefinition, record: NodeRecord,
-                     *, eager: bool) -> list[str]:
+                     *, eager: bool) -> RouteLog:
         """Pass the gates of a completed record's targets and enqueue or skip them."""
         run_id = state.header.run_id
-        enqueued: list[str] = []
+        enqueued = RouteLog()
         it = record.iteration
         extra = node.model_extra or {}
         if record.dynamic_nodes:
@@ -524,6 +565,7 @@ class Engine:
                 gate, node.id, done=True, expected=int(extra.get("expansionSize", 1)), strategy="all",
                 ttl_seconds=self.options.coordination_ttl_seconds)
             await self._checkpoint("after-gate", run_id, parent_id)
+            enqueued.gate(gate, decision)
             if decision != "fire" or not (first or eager):
                 return enqueued
             parent = graph.nodes.get(parent_id) or _dynamic_nodes(state).get(parent_id)
@@ -533,49 +575,56 @@ class Engine:
             # Every node the parent expanded into finished: route the parent's own edges now.
             without_dynamic = copy.copy(parent_record)
             without_dynamic.dynamic_nodes = None
-            enqueued.extend(await self._route(state, graph, parent, without_dynamic, eager=eager))
+            enqueued.merge(await self._route(state, graph, parent, without_dynamic, eager=eager))
             return enqueued
 
-        if node.id in graph.reachable_terminals and not graph.out_edges.get(node.id):
-            await self._resolve_terminal(state, graph, node.id)
-            return enqueued
+        if not graph.out_edges.get(node.id):
+            return enqueued  # a terminal node ends its branch
 
         merged: dict[tuple[str, str], bool] = {}
         for route in record.routes:
             key = (route.target, route.kind)
             merged[key] = merged.get(key, False) or route.taken
-        loop_ended = False
         steps: list[Awaitable[Any]] = []
         for (target, kind), taken in merged.items():
+            target_it = graph.target_iteration(node.id, target, kind, it)
             if kind == "back":
                 if taken:
-                    job = Job(run_id, state.header.blueprint_id, target, it + 1, via=node.id)
-                    if not (eager and state.record(target, it + 1) is not None):
+                    job = Job(run_id, state.header.blueprint_id, target, target_it, via=node.id)
+                    if not (eager and state.record(target, target_it) is not None):
                         steps.append(self._enqueue_into(enqueued, job))
                 continue
             if kind == "exit":
                 if taken:
-                    steps.append(self._arrive(state, graph, target, 0, node.id, True, enqueued, eager=eager))
+                    steps.append(self._arrive(state, graph, target, target_it, node.id, True, enqueued,
+                                              eager=eager))
                 continue
-            steps.append(self._arrive(state, graph, target, it, node.id, taken, enqueued, eager=eager))
+            steps.append(self._arrive(state, graph, target, target_it, node.id, taken, enqueued, eager=eager))
         # Targets are independent: a wide fan-out sends its messages concurrently instead of one by one.
         await _bounded(steps)
-        if graph.in_cycle(node.id) and not any(
-            taken for (_t, kind), taken in merged.items() if kind == "back"
-        ) and any(kind == "back" for (_t, kind) in merged):
-            loop_ended = True
-        if loop_ended:
-            # The loop ended: exits not taken in any iteration are dead paths now.
-            comp = graph.component[node.id]
-            taken_exits = {t for (t, kind), taken in merged.items() if kind == "exit" and taken}
-            for edge in graph.exit_edges(comp):
-                if edge.target not in taken_exits:
-                    await self._arrive(state, graph, edge.target, 0, edge.source, False, enqueued, eager=eager)
+        for header in _ended_loops(graph, node.id, merged):
+            await self._end_loop(state, graph, header, node.id, it, merged, enqueued, eager=eager)
         return enqueued
 
+    async def _end_loop(self, state: RunState, graph: CompiledGraph, header: str, controller: str, it: int,
+                        merged: Mapping[tuple[str, str], bool], enqueued: RouteLog, *, eager: bool) -> None:
+        """A loop ended (its controller did not go round again): exits it never took are dead paths.
+
+        Only this loop's exits, in this round of the loops around it: an inner loop ending says nothing
+        about the outer loop's exits.
+        """
+        taken_here = {t for (t, kind), taken in merged.items() if kind == "exit" and taken}
+        for edge in graph.loop_exit_edges(header):
+            if edge.source == controller and edge.target in taken_here:
+                continue
+            target_it = graph.target_iteration(controller, edge.target, "exit", it)
+            if edge.source != controller and took_exit(state, graph, edge.source, edge.target, target_it):
+                continue  # another node of the loop took this exit in one of its rounds
+            await self._arrive(state, graph, edge.target, target_it, edge.source, False, enqueued, eager=eager)
+
     async def _arrive(self, state: RunState, graph: CompiledGraph, target: str, it: int, source: str,
-                      done: bool, enqueued: list[str], *, eager: bool, expected: int | None = None,
-                      whole_loop: bool = False) -> None:
+                      done: bool, enqueued: RouteLog, *, eager: bool, expected: int | None = None,
+                      dead_levels: int = 0) -> None:
         run_id = state.header.run_id
         tnode = graph.nodes.get(target)
         if tnode is None:
@@ -591,6 +640,7 @@ class Engine:
                 gate, source, done=done, expected=count, strategy=strategy,
                 ttl_seconds=self.options.coordination_ttl_seconds)
             await self._checkpoint("after-gate", run_id, target)
+            enqueued.gate(gate, decision)
         if decision == "wait" or not (first or eager):
             return
         if decision == "fire":
@@ -598,39 +648,61 @@ class Engine:
                 return
             enqueued.append(await self._enqueue(Job(run_id, state.header.blueprint_id, target, it)))
             return
-        await self._skip(state, graph, target, it, enqueued, eager=eager,
-                         whole_loop=whole_loop or (graph.in_cycle(target) and not graph.same_cycle(source, target)))
+        # Skipping into a loop from outside skips every round of it: the walk may leave those loops again.
+        entered = graph.depth(target) - graph.common_depth(source, target)
+        await self._skip(state, graph, target, it, enqueued, eager=eager, dead_levels=dead_levels + entered)
 
-    async def _skip(self, state: RunState, graph: CompiledGraph, node_id: str, it: int, enqueued: list[str],
-                    *, eager: bool, whole_loop: bool) -> None:
-        """Dead-path elimination: a node none of whose predecessors ran is skipped, and so on below it."""
+    async def _skip(self, state: RunState, graph: CompiledGraph, node_id: str, it: int, enqueued: RouteLog,
+                    *, eager: bool, dead_levels: int) -> None:
+        """Dead-path elimination: a node none of whose predecessors ran is skipped, and so on below it.
+
+        ``dead_levels`` counts the loops this walk entered (so they are dead as a whole); leaving any
+        other loop is left to that loop's end (a branch skipped in one round says nothing about its exit).
+        """
         await self.events.emit({"type": "node:skipped", "payload": {"runId": state.header.run_id,
                                                                     "nodeId": node_id}})
-        if node_id in graph.reachable_terminals:
-            await self._resolve_terminal(state, graph, node_id)
-            return
         for edge in graph.out_edges.get(node_id, []):
             if graph.is_back_edge(edge):
+                loop = graph.loops.get(edge.target)
+                if loop is not None and loop.back_sources == {node_id} and dead_levels < graph.depth(node_id):
+                    # A skipped loop controller is its loop's end: no round follows this one, so the
+                    # exits the loop never took are dead paths (unless the whole loop is being skipped,
+                    # whose exits this walk reaches itself).
+                    await self._end_loop(state, graph, edge.target, node_id, it, {}, enqueued, eager=eager)
                 continue
-            leaving = graph.in_cycle(node_id) and not graph.same_cycle(node_id, edge.target)
-            if leaving and not whole_loop:
-                continue  # a branch skipped inside one iteration says nothing about the loop's exit
-            await self._arrive(state, graph, edge.target, 0 if leaving else it, node_id, False, enqueued,
-                               eager=eager, whole_loop=whole_loop and not leaving)
+            leaving = graph.depth(node_id) - graph.common_depth(node_id, edge.target)
+            if leaving > dead_levels:
+                continue
+            target_it = graph.target_iteration(node_id, edge.target, "forward", it)
+            await self._arrive(state, graph, edge.target, target_it, node_id, False, enqueued,
+                               eager=eager, dead_levels=dead_levels - leaving)
 
-    async def _resolve_terminal(self, state: RunState, graph: CompiledGraph, node_id: str) -> None:
-        run_id = state.header.run_id
-        expected = len(graph.reachable_terminals)
-        if await self.coordination.resolve_terminal(run_id, node_id, expected,
-                                                    self.options.coordination_ttl_seconds):
-            await self._complete_run(run_id)
+    async def _complete_if_finished(self, run_id: str) -> None:
+        """Complete the run if the completion rule holds on a fresh read of its records.
 
-    async def _complete_run(self, run_id: str) -> None:
+        Called by every job whose routing ended a branch. Of two such jobs finishing at the same time,
+        the later one's read sees both commits (each commits before it reads), so one of them completes
+        the run; a read that lags (another session's replica) only delays it to the reconciler's pass.
+        """
         state = await self.run_store.load(run_id)
-        if state is None or state.stopped:
+        if state is None or state.cancelled is not None or state.failed is not None:
             return
-        if any(r.status == "awaiting" for r in state.records.values()):
+        if not state.completed:
+            graph = self.graph(state.header.blueprint_id)
+            if not run_may_complete(state, graph, time.time()):
+                return
+            # Stop the run before publishing its status: once a client sees "completed", no late or
+            # duplicate job of the run executes anything (handle_job drops jobs of a stopped run).
+            await self.run_store.mark(run_id, "completed", {})
+            self._note_stopped(run_id)
+            state.completed = True
+        await self._finish_completed(state)
+
+    async def _finish_completed(self, state: RunState) -> None:
+        """Write the final status of a run marked completed (again, if a crash interrupted it)."""
+        if not state.completed:
             return
+        run_id = state.header.run_id
         context = state.context
         size = len(json.dumps(context, separators=(",", ":")))
         result: dict[str, Any]
@@ -650,6 +722,7 @@ class Engine:
 
     async def _fail_run(self, run_id: str, reason: str, errors: list[dict[str, Any]] | None = None) -> None:
         await self.run_store.mark(run_id, "failed", {"reason": reason, "errors": errors or []})
+        self._note_stopped(run_id)
         for signal in self._signals.get(run_id, set()):
             signal.cancel(reason)
         await self._checkpoint("before-final", run_id)
@@ -661,6 +734,29 @@ class Engine:
                                                                            "reason": reason}})
             logger.warning("run %s failed: %s", run_id, reason)
             await self.coordination.forget_run(run_id)
+
+    def _note_stopped(self, run_id: str) -> None:
+        self._stopped_runs[run_id] = None
+        if len(self._stopped_runs) > 10_000:
+            self._stopped_runs.pop(next(iter(self._stopped_runs)))
+
+    async def _stop_reason(self, run_id: str) -> str | None:
+        """Why the run stopped (failed, cancelled, completed), or None while it runs; reads its status."""
+        if run_id in self._stopped_runs:
+            return "the run has ended"
+        status = await self.status_store.get(run_id)
+        if status is not None and status["status"] in FINAL_STATUSES:
+            self._note_stopped(run_id)
+            return str(status.get("reason") or f"the run {status['status']}")
+        return None
+
+    def _stopped_while_running(self, state: RunState) -> bool:
+        """True when the run stopped after this job loaded it (as far as this process can tell).
+
+        In process the state is live; distributed, this process saw the stop itself (it failed or
+        cancelled the run) or its heartbeat read the final status while the node ran.
+        """
+        return state.stopped or state.header.run_id in self._stopped_runs
 
     async def _enqueue_into(self, enqueued: list[str], job: Job) -> None:
         enqueued.append(await self._enqueue(job))
@@ -679,6 +775,28 @@ class Engine:
         pending = hook(step, run_id, node_id)
         if pending is not None:
             await pending
+
+    async def _require_released(self, state: RunState, graph: CompiledGraph, node: NodeDefinition,
+                                job: Job) -> RunState:
+        """The run's snapshot if its stored records release this join; else refuse the job.
+
+        The gates in Redis release a join only after its predecessors committed, so a genuine job finds
+        their records (after a re-read, if this replica lags); a forged or misrouted message for a join
+        that is scheduled but not released does not, and must not run it early on part of its input.
+        """
+        missing = unreleased_predecessors(state, graph, node, job.iteration)
+        for delay in self.options.stale_read_retry_delays:
+            if not missing:
+                return state
+            await asyncio.sleep(delay)
+            fresh = await self.run_store.load(job.run_id)
+            if fresh is not None:
+                state = fresh
+            missing = unreleased_predecessors(state, graph, node, job.iteration)
+        if missing:
+            raise InvalidJobError(f"run {job.run_id!r}: join {node.id!r} is not released by the stored "
+                                  f"records: {', '.join(sorted(missing)[:10])} can still arrive")
+        return state
 
     async def _reload_until_scheduled(self, state: RunState, graph: CompiledGraph, node_id: str,
                                       job: Job) -> RunState:
@@ -751,6 +869,18 @@ class Engine:
         return dict(state.context)
 
 
+def _ended_loops(graph: CompiledGraph, node_id: str, merged: Mapping[tuple[str, str], bool]) -> list[str]:
+    """Headers of the loops whose back edges from this node were all not taken (those loops ended)."""
+    taken_by_loop: dict[str, bool] = {}
+    for (target, kind), taken in merged.items():
+        if kind != "back":
+            continue
+        header = graph.loop_of_back_edge(node_id, target)
+        if header is not None:
+            taken_by_loop[header] = taken_by_loop.get(header, False) or taken
+    return [header for header, taken in taken_by_loop.items() if not taken]
+
+
 def _is_join(graph: CompiledGraph, node: NodeDefinition) -> bool:
     """True for a node that several jobs can release: more than one predecessor, or a batch gather."""
     from .builtins.names import BATCH_GATHER
@@ -770,30 +900,51 @@ async def _bounded(steps: Iterable[Awaitable[T]], limit: int = 32) -> list[T]:
 
 
 def _scheduled(state: RunState, graph: CompiledGraph, node_id: str, iteration: int = 0) -> bool:
-    """True when the run can have scheduled this node: a start node, a dynamic node (or its gather) of a
-    stored record, or the target of a route a stored record took. O(records); only for first executions."""
+    """True when the run can have scheduled this node in this iteration: a start node, a dynamic node (or
+    its gather) of a stored record, or the target of a route a stored record took into this iteration.
+    O(records); only for first executions."""
     if iteration != 0 and node_id in graph.nodes and not graph.in_cycle(node_id):
         return False  # only nodes of a loop run in iterations other than 0
     if not graph.in_edges.get(node_id) or node_id in entry_node_ids(graph):
-        return True
-    # Fast path, O(in-degree): the record of a predecessor in this iteration (or the previous one, for a
-    # loop's back edge) normally holds the taken route, found by key and edge position. It only ever
-    # answers True on a stored taken route, so falling back to the full scan keeps the same answers.
+        return iteration == 0 or (bool(graph.in_edges.get(node_id)) and _scheduled_by_record(
+            state, graph, node_id, iteration))
+    return _scheduled_by_record(state, graph, node_id, iteration)
+
+
+def _scheduled_by_record(state: RunState, graph: CompiledGraph, node_id: str, iteration: int) -> bool:
+    # Fast path, O(in-degree): the record of a predecessor whose iteration follows from this one (same
+    # loops, a loop around, or the previous round for a back edge) normally holds the taken route, found
+    # by key and edge position. It only ever answers True on a stored taken route into this iteration,
+    # so falling back to the full scan keeps the same answers.
     for edge in graph.in_edges[node_id]:
-        for it in (iteration, iteration - 1) if iteration > 0 else (iteration,):
-            rec = state.record(edge.source, it)
-            if rec is None:
-                continue
-            routes = rec.routes
-            for i in graph.out_positions.get(edge.source, {}).get(node_id, ()):
-                if i < len(routes) and routes[i].target == node_id and routes[i].taken:
-                    return True
-    for rec in state.records.values():
-        if any(route.taken and route.target == node_id for route in rec.routes):
-            return True
-        for dyn in rec.dynamic_nodes or ():
-            if dyn.get("id") == node_id or dyn.get("gatherNodeId") == node_id:
+        source = edge.source
+        kind = edge_kind(graph, edge)
+        if kind == "back":
+            loop = graph.loops.get(node_id)
+            step = ITERATION_BASE ** (loop.depth - 1) if loop is not None else 1
+            candidate = iteration - step
+        elif graph.depth(source) <= graph.common_depth(source, node_id):
+            candidate = graph.truncate_iteration(node_id, iteration, graph.depth(source))
+        else:
+            continue  # leaves an inner loop: its round is not known from this iteration
+        if candidate < 0 or graph.target_iteration(source, node_id, kind, candidate) != iteration:
+            continue
+        rec = state.record(source, candidate)
+        if rec is None:
+            continue
+        routes = rec.routes
+        for i in graph.out_positions.get(source, {}).get(node_id, ()):
+            if i < len(routes) and routes[i].target == node_id and routes[i].taken:
                 return True
+    for rec in state.records.values():
+        for route in rec.routes:
+            if (route.taken and route.target == node_id
+                    and graph.target_iteration(rec.node_id, node_id, route.kind, rec.iteration) == iteration):
+                return True
+        if rec.iteration == iteration:
+            for dyn in rec.dynamic_nodes or ():
+                if dyn.get("id") == node_id or dyn.get("gatherNodeId") == node_id:
+                    return True
     return False
 
 

@@ -8,7 +8,7 @@ import copy
 import functools
 import inspect
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,11 +75,15 @@ class NodeExecutor:
     """Runs one node with its config: attempts, per-attempt timeout, delay between, fallback."""
 
     def __init__(self, *, registry: Mapping[str, Any], builtins: Mapping[str, Any], event_bus: EventBus,
-                 middleware: Sequence[Middleware] = ()) -> None:
+                 middleware: Sequence[Middleware] = (),
+                 stop_check: Callable[[str], Awaitable[str | None]] | None = None) -> None:
         self.registry = registry
         self.builtins = builtins
         self.events = event_bus
         self.middleware = list(middleware)
+        # Asked (with the run id) before a fallback starts: the reason the run stopped, or None. The
+        # signal alone only knows what this process saw; a fallback is rare enough to ask the store.
+        self.stop_check = stop_check
 
     def implementation(self, uses: str) -> Any:
         """The implementation registered under a ``uses`` key (user registry first, then built-ins)."""
@@ -131,6 +135,16 @@ class NodeExecutor:
             err = NodeExecutionError(node.id, f"cancelled: {exc}", max(attempts_box[0], 1))
             return ExecutionOutcome(None, err, err.attempt)
         except _Failed as failed:
+            if not ctx.signal.cancelled and self.stop_check is not None:
+                stopped = await self.stop_check(ctx.run_id)
+                if stopped is not None:
+                    ctx.signal.cancel(stopped)
+            if ctx.signal.cancelled:
+                # The run ended (another node failed it, or it was cancelled) while this node failed:
+                # a run that has ended starts no fallback.
+                err = NodeExecutionError(node.id, f"cancelled: {ctx.signal.reason or 'run stopped'}",
+                                         attempts_box[0])
+                return ExecutionOutcome(None, err, err.attempt)
             fallback = await self._fallback(node, impl, ctx, failed, payload, fallback_node)
             if fallback is None:
                 message = _describe(failed.error)

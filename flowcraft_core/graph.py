@@ -10,6 +10,27 @@ from dataclasses import dataclass, field
 
 from .models import EdgeDefinition, NodeDefinition, WorkflowBlueprint
 
+# Iterations of nested loops are digits of one integer, innermost highest: a node two loops deep runs in
+# iteration ``outer + inner * ITERATION_BASE``. A node in one loop (or an innermost loop) keeps counting
+# past the base; a loop around other loops must stay below it (9 999 rounds) so the digits stay apart.
+# Three levels stay below 2**53, so iteration numbers survive JSON readers that use doubles.
+ITERATION_BASE = 10_000
+
+
+def _power(depth: int) -> int:
+    """The weight of a loop depth's digit in an iteration number."""
+    return int(ITERATION_BASE ** depth)
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A natural loop: its header (the target of its back edges), its body and its nesting depth."""
+
+    header: str
+    body: frozenset[str]
+    depth: int  # 1 for an outermost loop
+    back_sources: frozenset[str]
+
 
 @dataclass(frozen=True)
 class CompiledGraph:
@@ -34,6 +55,9 @@ class CompiledGraph:
     # For each source, the positions of its out-edges by target: a node's routes are stored in its
     # out-edge order, so the route to a target can be found without scanning them all.
     out_positions: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    # Loops by header, and for each node the headers of the loops it belongs to, outermost first.
+    loops: dict[str, Loop] = field(default_factory=dict)
+    node_loops: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def is_back_edge(self, edge: EdgeDefinition) -> bool:
         """True when taking this edge starts a new loop iteration."""
@@ -57,6 +81,51 @@ class CompiledGraph:
             for e in edges
             if self.component.get(e.target, -1) != component_id
         ]
+
+    def depth(self, node_id: str) -> int:
+        """How many loops the node is in (0 outside every loop)."""
+        return len(self.node_loops.get(node_id, ()))
+
+    def common_depth(self, a: str, b: str) -> int:
+        """How many enclosing loops two nodes share."""
+        n = 0
+        for la, lb in zip(self.node_loops.get(a, ()), self.node_loops.get(b, ()), strict=False):
+            if la != lb:
+                break
+            n += 1
+        return n
+
+    def truncate_iteration(self, node_id: str, iteration: int, depth: int) -> int:
+        """The iteration of the node's loops down to ``depth`` only (deeper loops' digits dropped)."""
+        if depth >= self.depth(node_id):
+            return iteration
+        return iteration % _power(depth) if depth > 0 else 0
+
+    def target_iteration(self, source: str, target: str, kind: str, iteration: int) -> int:
+        """The iteration at which a route of ``source`` (run in ``iteration``) reaches ``target``.
+
+        Iterations are tracked per loop: a back edge starts the next round of its own loop (inner
+        loops start again from 0); leaving a loop returns to the iteration of the loops around it;
+        entering one starts its round 0.
+        """
+        if kind == "back":
+            loop = self.loops.get(target)
+            if loop is not None:
+                base = self.truncate_iteration(source, iteration, loop.depth)
+                return base + _power(loop.depth - 1)
+            return iteration + 1
+        return self.truncate_iteration(source, iteration, self.common_depth(source, target))
+
+    def loop_exit_edges(self, header: str) -> list[EdgeDefinition]:
+        """Edges leaving the loop with this header (from its body to outside it)."""
+        loop = self.loops.get(header)
+        if loop is None:
+            return []
+        return [e for src in loop.body for e in self.out_edges.get(src, []) if e.target not in loop.body]
+
+    def loop_of_back_edge(self, source: str, target: str) -> str | None:
+        """The header of the loop a back edge belongs to (its target), if it is one."""
+        return target if (source, target) in self.back_edges and target in self.loops else None
 
     @property
     def is_dag(self) -> bool:
@@ -176,6 +245,7 @@ def compile_graph(bp: WorkflowBlueprint) -> CompiledGraph:
     for nid, edges in in_edges.items():
         fwd_preds[nid] = list(dict.fromkeys(e.source for e in edges if (e.source, e.target) not in back))
     reachable_terminals = frozenset(t for t in terminal if t in reached)
+    loops, node_loops = _natural_loops(back, in_edges, succ)
     return CompiledGraph(
         blueprint=bp,
         nodes=nodes,
@@ -190,6 +260,8 @@ def compile_graph(bp: WorkflowBlueprint) -> CompiledGraph:
         reachable_terminals=reachable_terminals,
         version=bp.version,
         out_positions=_out_positions(out_edges),
+        loops=loops,
+        node_loops=node_loops,
     )
 
 
@@ -198,6 +270,38 @@ def fallback_node_ids(bp: WorkflowBlueprint) -> set[str]:
     ids = {n.id for n in bp.nodes}
     return {n.config.fallback for n in bp.nodes
             if n.config.fallback is not None and n.config.fallback in ids and n.config.fallback != n.id}
+
+
+def _natural_loops(back: set[tuple[str, str]], in_edges: dict[str, list[EdgeDefinition]],
+                   succ: dict[str, list[str]]) -> tuple[dict[str, Loop], dict[str, tuple[str, ...]]]:
+    """Each back edge's natural loop (merged per header), nested by body containment."""
+    bodies: dict[str, set[str]] = {}
+    sources: dict[str, set[str]] = {}
+    for source, header in back:
+        body = bodies.setdefault(header, {header})
+        sources.setdefault(header, set()).add(source)
+        todo = [source]
+        while todo:
+            nid = todo.pop()
+            if nid in body:
+                continue
+            body.add(nid)
+            todo.extend(e.source for e in in_edges.get(nid, []))
+        # Only nodes on a cycle through the header belong to it (an irreducible graph could otherwise
+        # pull in nodes before the loop).
+        body &= _reachable([header], succ)
+    # Outer loops are larger; a loop's depth is one more than the loops whose bodies contain its own.
+    ordered = sorted(bodies, key=lambda h: (-len(bodies[h]), h))
+    loops: dict[str, Loop] = {}
+    for header in ordered:
+        members = frozenset(bodies[header])
+        depth = 1 + sum(1 for other in loops.values() if members < other.body)
+        loops[header] = Loop(header, members, depth, frozenset(sources[header]))
+    node_loops: dict[str, tuple[str, ...]] = {}
+    for header in sorted(loops, key=lambda h: loops[h].depth):
+        for nid in loops[header].body:
+            node_loops[nid] = (*node_loops.get(nid, ()), header)
+    return loops, node_loops
 
 
 def _out_positions(out_edges: dict[str, list[EdgeDefinition]]) -> dict[str, dict[str, list[int]]]:

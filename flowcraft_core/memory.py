@@ -67,11 +67,14 @@ class InMemoryRunStore:
         apply_record(state.context, record, output_key)
         return True
 
-    async def mark(self, run_id: str, marker: Literal["cancelled", "failed"], data: dict[str, Any]) -> None:
-        """Record cancellation or failure."""
+    async def mark(self, run_id: str, marker: Literal["cancelled", "failed", "completed"],
+                   data: dict[str, Any]) -> None:
+        """Record cancellation, failure or completion."""
         state = self._require(run_id)
         if marker == "cancelled":
             state.cancelled = str(data.get("reason", "cancelled"))
+        elif marker == "completed":
+            state.completed = True
         else:
             state.failed = data
 

@@ -171,6 +171,8 @@ class RunState:
     records: dict[str, NodeRecord]
     cancelled: str | None = None
     failed: dict[str, Any] | None = None
+    # Set once the completion rule held and the run was marked completed (before its final status).
+    completed: bool = False
 
     def record(self, node_id: str, iteration: int = 0) -> NodeRecord | None:
         """The record of one execution, if it was committed."""
@@ -178,8 +180,8 @@ class RunState:
 
     @property
     def stopped(self) -> bool:
-        """True when the run was cancelled or failed: no new node may start."""
-        return self.cancelled is not None or self.failed is not None
+        """True when the run was cancelled, failed or completed: no node of it may start any more."""
+        return self.cancelled is not None or self.failed is not None or self.completed
 
 
 def fold_context(initial: dict[str, Any], records: list[NodeRecord]) -> dict[str, Any]:
@@ -239,8 +241,9 @@ class RunStore(Protocol):
     async def replace(self, run_id: str, record: NodeRecord, *, expected_status: str) -> bool:
         """Overwrite a record only while its stored status is expected_status (resume of a wait)."""
 
-    async def mark(self, run_id: str, marker: Literal["cancelled", "failed"], data: dict[str, Any]) -> None:
-        """Record that a run was cancelled or failed so that its other jobs stop."""
+    async def mark(self, run_id: str, marker: Literal["cancelled", "failed", "completed"],
+                   data: dict[str, Any]) -> None:
+        """Record that a run was cancelled, failed or completed so that its other jobs stop."""
 
     async def delete_run(self, run_id: str) -> int:
         """Remove every item of the run; returns how many there were."""

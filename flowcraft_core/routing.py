@@ -32,8 +32,8 @@ def edge_kind(graph: CompiledGraph, edge: EdgeDefinition) -> str:
     """forward, back (starts a loop iteration) or exit (leaves a loop)."""
     if graph.is_back_edge(edge):
         return "back"
-    if graph.in_cycle(edge.source) and not graph.same_cycle(edge.source, edge.target):
-        return "exit"
+    if graph.common_depth(edge.source, edge.target) < graph.depth(edge.source):
+        return "exit"  # leaves at least one loop the source is in
     return "forward"
 
 

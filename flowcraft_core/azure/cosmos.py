@@ -124,6 +124,7 @@ class CosmosRunStore:
         pending_chunked: list[dict[str, Any]] = []
         cancelled: str | None = None
         failed: dict[str, Any] | None = None
+        completed = False
         self.counter.add("query")
         pages = self.container.query_items(_RUN_QUERY, parameters=[{"name": "@runId", "value": run_id}],
                                            partition_key=run_id).by_page()
@@ -148,6 +149,8 @@ class CosmosRunStore:
                         cancelled = str(item.get("reason", "cancelled"))
                     elif item["id"] == "failed":
                         failed = {"reason": item.get("reason"), "errors": item.get("errors", [])}
+                    elif item["id"] == "completed":
+                        completed = True
         if header is None:
             return None
         for item in pending_chunked:
@@ -167,7 +170,8 @@ class CosmosRunStore:
         for rec in records:
             by_key[rec.key] = rec
         context = fold_context(run_header.initial_context, list(by_key.values()))
-        return RunState(header=run_header, context=context, records=by_key, cancelled=cancelled, failed=failed)
+        return RunState(header=run_header, context=context, records=by_key, cancelled=cancelled, failed=failed,
+                        completed=completed)
 
     def _items_for(self, run_id: str, record: NodeRecord) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         item_id = record_item_id(record.key)
@@ -241,7 +245,8 @@ class CosmosRunStore:
         return True
 
     @retry_transient("cosmos.mark")
-    async def mark(self, run_id: str, marker: Literal["cancelled", "failed"], data: dict[str, Any]) -> None:
+    async def mark(self, run_id: str, marker: Literal["cancelled", "failed", "completed"],
+                   data: dict[str, Any]) -> None:
         """Write a control marker item (idempotent upsert)."""
         self.counter.add("upsert")
         await self.container.upsert_item({"id": marker, "runId": run_id, "kind": "marker", **data})

@@ -15,13 +15,7 @@ from flowcraft_core import FlowRuntime, WorkflowBlueprint
 
 README = HERE.parents[1] / "README.md"
 HAND_CASES = load_cases()
-# Random DAGs that hit the engine bug helper i16eng is fixing: a run completes as soon as every terminal
-# ended, while an all-join released by a slower branch (above an any-join that already fired) is still
-# to run. Strict: once the fix lands they pass, and this list must go.
-ENGINE_BUG = ("an all-join still due when an any-join below it already fired is never run "
-              "(the run completes first); engine fix by i16eng")
-RANDOM_CASES = [{**c, "xfail": ENGINE_BUG} if c["name"] in {"random_015", "random_053"} else c
-                for c in random_cases()]
+RANDOM_CASES = random_cases()
 
 
 def readme_rows() -> set[str]:

@@ -149,12 +149,14 @@ def assert_ordinary(cost: JobCost) -> None:
 
 
 def assert_terminal(cost: JobCost) -> None:
-    """The last node: its own read and write, plus one read of the final context and the final status."""
-    assert cost.context_reads == 2, cost  # the node's load, then the final context for the result
-    assert cost.context_writes == 1, cost
+    """The last node: its own read and write, one read of the run for the completion rule (which is also
+    the final context for the result), the completed marker, and the final status."""
+    assert cost.context_reads == 2, cost  # the node's load, then the run for the completion rule
+    assert cost.context_writes == 2, cost  # its record, and the "completed" marker that stops late jobs
+    assert cost.cosmos.get("upsert", 0) == 1, cost
     assert cost.cosmos.get("read", 0) == 1 and cost.cosmos.get("replace", 0) == 1, cost  # finalize
-    assert set(cost.cosmos) <= {"query", "create", "read", "replace", "patch"}, cost
-    assert cost.redis <= 2, cost  # terminal set + forgetting the run's keys
+    assert set(cost.cosmos) <= {"query", "create", "upsert", "read", "replace", "patch"}, cost
+    assert cost.redis <= 1, cost  # forgetting the run's keys (completion is decided from the records)
 
 
 async def test_linear_chain_costs_one_read_one_write_and_no_redis_per_node(distributed: Distributed) -> None:

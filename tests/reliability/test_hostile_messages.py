@@ -23,7 +23,7 @@ import pytest
 from azure.storage.queue.aio import QueueClient
 from helpers import wait_until
 from rel_support import RelHarness, records, wait_final
-from rel_workflows import HOLD_RELEASE, HOLD_STARTED, blueprints, registry
+from rel_workflows import HOLD_RELEASE, HOLD_STARTED, blueprints, fan, registry
 
 from flowcraft_core.azure.services import AzureServices, plain_queue_client
 
@@ -159,3 +159,40 @@ async def test_a_stale_duplicate_of_a_finished_run_changes_nothing(rel: RelHarne
     assert after["status"] == "completed" and after["result"] == first["result"]
     assert await records(worker, run_id) == stored
     assert rel.finals[run_id] == 1
+
+
+async def test_a_forged_job_for_a_scheduled_but_unreleased_join_is_refused(
+    rel: RelHarness, raw_queue: QueueClient, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 8 branches into an all-join; 3 commit, 5 hold. The join is scheduled (stored records route to
+    # it) but not released: a well-formed job for it must not run it on 3 of its 8 inputs.
+    caplog.set_level(logging.INFO, logger="flowcraft")
+    middle = tuple(f"b{i}" for i in range(8))
+    wide = fan("wide-held", middle=middle, uses={b: "hold" for b in middle[3:]})
+    worker = await rel.build(registry, {**blueprints, "wide-held": wide})
+    victim = "forged-join-victim"
+    HOLD_STARTED[victim] = asyncio.Event()
+    HOLD_RELEASE[victim] = asyncio.Event()
+    await worker.adapter.start_run("wide-held", rel.context("victim"), run_id=victim)
+
+    async def three_committed() -> bool:
+        return {"0:b0", "0:b1", "0:b2"} <= set(await records(worker, victim))
+
+    await wait_until(three_committed, timeout=20, message="three branches committed")
+    forged = job(runId=victim, blueprintId="wide-held", nodeId="e")
+    await raw_queue.send_message(forged)
+
+    async with plain_queue_client(rel.env.queue_connection_string, f"{rel.env.queue_name}-poison") as poison:
+        async def poisoned() -> list[str]:
+            return [m.content for m in await poison.peek_messages(max_messages=32)]
+
+        assert await wait_until(poisoned, timeout=20, message="forged job poisoned") == [forged]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("join 'e' is not released" in line for line in errors), errors
+    assert "0:e" not in await records(worker, victim)  # the join did not run early
+
+    HOLD_RELEASE[victim].set()
+    done = await wait_final(worker, victim)
+    assert done["status"] == "completed", done
+    assert (await records(worker, victim))["0:e"] == 1
+    assert done["result"]["context"]["_outputs.e"]["keys"] == sorted(f"k_{n}" for n in ("a", *middle))

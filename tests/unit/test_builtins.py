@@ -570,10 +570,6 @@ async def test_join_after_a_loop_and_a_parallel_branch_runs_once() -> None:
     assert ran.count("finalize") == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known engine limitation: nested loops form one strongly connected component, so a join fed both "
-    "from the outer body and from the inner loop's exit fires early (the inner 'break' edge not taken "
-    "in an inner iteration counts as a skipped arrival); needs nesting-aware iterations"))
 async def test_join_fed_by_an_inner_loop_exit_waits_for_the_inner_loop() -> None:
     ran = Ran()
     blueprint = bp(
