@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .context import input_key, nested_view
+from .context import OUTPUTS_PREFIX, input_key, nested_view
 from .errors import ExpressionError
 from .expressions import Evaluator
 from .graph import CompiledGraph
@@ -51,7 +51,9 @@ def plan_routes(graph: CompiledGraph, node_id: str, result: NodeResult, context:
     def scope() -> dict[str, Any]:
         nonlocal nested
         if nested is None:
-            nested = nested_view(context)
+            # The node's own output is part of the context its edges see, as in Flowcraft (which
+            # stores it before deciding the next nodes): `r.score > 0.5` on r's own edge resolves.
+            nested = nested_view({**context, f"{OUTPUTS_PREFIX}{node_id}": result.output})
         # Flowcraft spreads the context at the top level too, so `score > 1` and `context.score > 1`
         # both work.
         return {**nested, "context": nested, "result": result_view, "input": result.output,

@@ -10,7 +10,6 @@ from tests.reference.spec_cases import SPEC_CASES
 
 # SPEC case -> the finding that makes the engine differ today (/work/wt/notes/differential-findings.md)
 KNOWN: dict[str, str] = {
-    "bare-node-id": "F10: a bare node id in a condition is not resolved",
 }
 
 
