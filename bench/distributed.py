@@ -230,9 +230,9 @@ class Bench:
     async def __aenter__(self) -> Bench:
         verify = self.settings.cosmos_verify_tls
         kwargs: dict[str, Any] = {} if verify else {"connection_verify": False}
-        self.cosmos = CosmosClient.from_connection_string(self.settings.cosmos_connection_string,
+        self.cosmos = CosmosClient.from_connection_string(self.settings.cosmos_connection_string.get_secret_value(),
                                                           raw_request_hook=self.cosmos_http, **kwargs)
-        self.redis = make_redis(self.settings.redis_url)
+        self.redis = make_redis(self.settings.redis_url.get_secret_value())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -246,9 +246,10 @@ class Bench:
         assert self.cosmos is not None and self.redis is not None
         self.serial += 1
         name = f"bench-{self.token}-{self.serial}"
-        queue = QueueClient.from_connection_string(self.settings.storage_connection_string, name,
+        queue = QueueClient.from_connection_string(self.settings.storage_connection_string.get_secret_value(), name,
                                                    raw_request_hook=self.queue_http)
-        poison = QueueClient.from_connection_string(self.settings.storage_connection_string, f"{name}-poison")
+        poison = QueueClient.from_connection_string(self.settings.storage_connection_string.get_secret_value(),
+                                                    f"{name}-poison")
         await queue.create_queue()
         await ensure_cosmos_containers(self.cosmos, name, [self.settings.cosmos_context_container,
                                                            self.settings.cosmos_status_container])

@@ -77,10 +77,11 @@ async def build_services(settings: Settings, *, registry: Mapping[str, Any] | No
     options = runtime_options or RuntimeOptions()
     options.registry = registry
     options.blueprints = blueprints
-    queue_client = plain_queue_client(settings.storage_connection_string, settings.queue_name)
-    poison = plain_queue_client(settings.storage_connection_string, settings.poison_queue_name)
-    cosmos = make_cosmos_client(settings.cosmos_connection_string, verify_tls=settings.cosmos_verify_tls)
-    redis = make_redis(settings.redis_url)
+    queue_client = plain_queue_client(settings.storage_connection_string.get_secret_value(), settings.queue_name)
+    poison = plain_queue_client(settings.storage_connection_string.get_secret_value(), settings.poison_queue_name)
+    cosmos = make_cosmos_client(settings.cosmos_connection_string.get_secret_value(),
+                                verify_tls=settings.cosmos_verify_tls)
+    redis = make_redis(settings.redis_url.get_secret_value())
     adapter = AzureQueueAdapter(
         queue_client=queue_client, cosmos_client=cosmos, coordination_store=RedisCoordinationStore(redis),
         cosmos_database_name=settings.cosmos_database, context_container_name=settings.cosmos_context_container,

@@ -196,7 +196,7 @@ async def fail_fast_queue(services: AzureServices) -> None:
     from azure.storage.queue.aio import QueueClient
 
     old = services.queue_client
-    fast = QueueClient.from_connection_string(services.settings.storage_connection_string,
+    fast = QueueClient.from_connection_string(services.settings.storage_connection_string.get_secret_value(),
                                               services.settings.queue_name, retry_total=0)
     services.queue_client = fast
     services.adapter.queue_client = fast
