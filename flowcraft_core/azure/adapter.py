@@ -17,6 +17,7 @@ from azure.storage.queue.aio import QueueClient
 from ..engine import Engine, EngineOptions, JobOutcome
 from ..errors import InvalidJobError
 from ..protocols import CoordinationStore, Job
+from ..telemetry import job_span
 from .cosmos import CosmosRunStore, CosmosStatusStore, RequestCounter
 from .faults import fault_hook_from_env
 from .queue import AzureJobQueue, parse_job
@@ -156,13 +157,15 @@ class AzureQueueAdapter:
             import json
 
             job = parse_job(json.dumps(dict(job)))
-        heartbeat = asyncio.create_task(self._heartbeat(job))
-        try:
-            outcome = await self.engine.handle_job(job, delivery_id=delivery_id)
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+        with job_span(job) as span:
+            heartbeat = asyncio.create_task(self._heartbeat(job))
+            try:
+                outcome = await self.engine.handle_job(job, delivery_id=delivery_id)
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+            span.set_attribute("flowcraft.outcome", outcome.status)
         self.processed += 1
         await self.engine.events.emit({"type": "job:processed", "payload": {
             **job.to_dict(), "status": outcome.status}})

@@ -34,6 +34,7 @@ from .identity import (
     redis_identity,
     storage_identity,
 )
+from .monitoring import configure_telemetry
 from .reconciler import AzureReconciler, create_azure_reconciler
 from .redis_store import RedisCoordinationStore
 
@@ -186,6 +187,7 @@ async def build_services(settings: Settings, *, registry: Mapping[str, Any] | No
         options.evaluator = options.evaluator if options.evaluator is not None else workflows.evaluator
     options.registry = registry
     options.blueprints = blueprints
+    configure_telemetry(settings)
     clients = build_clients(settings)
     queue_client, poison, cosmos, redis = (clients.queue_client, clients.poison_queue_client,
                                            clients.cosmos_client, clients.redis)
