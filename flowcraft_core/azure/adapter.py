@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,10 +20,11 @@ from ..errors import InvalidJobError
 from ..protocols import CoordinationStore, Job
 from ..telemetry import job_span
 from .cosmos import CosmosRunStore, CosmosStatusStore, RequestCounter
-from .faults import fault_hook_from_env
 from .queue import AzureJobQueue, parse_job
 
 logger = logging.getLogger("flowcraft.azure")
+# Set only by the reliability tests (see the fault injection module); never in production.
+FAULT_CRASH_ENV = "FLOWCRAFT_FAULT_CRASH_AT"
 
 
 @dataclass
@@ -89,8 +91,11 @@ class AzureQueueAdapter:
             evaluator=opts.evaluator, event_bus=opts.event_bus, middleware=opts.middleware,
             dependencies=opts.dependencies, options=opts.engine,
         )
-        if self.engine.fault_hook is None:
-            # Off unless FLOWCRAFT_FAULT_CRASH_AT is set (reliability tests crash workers on purpose).
+        if self.engine.fault_hook is None and os.environ.get(FAULT_CRASH_ENV, "").strip():
+            # Reliability tests crash workers on purpose. Fault injection is dev-only code that is not
+            # deployed, so it is imported only when asked for (and fails loudly where it is missing).
+            from .faults import fault_hook_from_env
+
             self.engine.fault_hook = fault_hook_from_env()
         self.worker_options = worker_options or WorkerOptions()
         self._stopping = asyncio.Event()

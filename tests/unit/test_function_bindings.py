@@ -212,8 +212,10 @@ def test_local_settings_example_has_every_setting() -> None:
 def test_funcignore_keeps_the_app_and_drops_the_rest() -> None:
     ignored = {line.strip() for line in (ROOT / ".funcignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
-    assert {".venv", "node_modules", "tests", "bench", "infra", ".git", "local.settings.json"} <= ignored
-    assert not {"function_app.py", "host.json", "requirements.txt", "flowcraft_core", "workflows"} & ignored
+    assert {".venv", "node_modules", "tests", "bench", "infra", ".git", "local.settings.json",
+            "flowcraft_dev"} <= ignored
+    assert not {"function_app.py", "host.json", "requirements.txt", "flowcraft_core", "flowcraft_functions",
+                "workflows"} & ignored
 
 
 def test_lazy_services_reads_settings_once_and_reports_missing_ones(monkeypatch: pytest.MonkeyPatch) -> None:
