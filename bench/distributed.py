@@ -51,9 +51,9 @@ from redis.asyncio import Redis  # noqa: E402
 from bench.workloads import REGISTRY, Workload, chain, diamond, fanout, percentile, predecessors  # noqa: E402
 from flowcraft_core.azure.adapter import AzureQueueAdapter, RuntimeOptions, WorkerOptions  # noqa: E402
 from flowcraft_core.azure.clients import ensure_cosmos_containers, make_redis  # noqa: E402
-from flowcraft_core.azure.emulators import Emulators  # noqa: E402
 from flowcraft_core.azure.redis_store import RedisCoordinationStore  # noqa: E402
 from flowcraft_core.settings import Settings  # noqa: E402
+from flowcraft_dev.emulators import Emulators  # noqa: E402
 
 # Request kinds whose count depends on timing rather than on the workload: the lastUpdated heartbeat
 # (a patch once per run per worker, then every 30 s) and, for a job running longer than half the

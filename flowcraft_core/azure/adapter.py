@@ -94,7 +94,7 @@ class AzureQueueAdapter:
         if self.engine.fault_hook is None and os.environ.get(FAULT_CRASH_ENV, "").strip():
             # Reliability tests crash workers on purpose. Fault injection is dev-only code that is not
             # deployed, so it is imported only when asked for (and fails loudly where it is missing).
-            from .faults import fault_hook_from_env
+            from flowcraft_dev.faults import fault_hook_from_env
 
             self.engine.fault_hook = fault_hook_from_env()
         self.worker_options = worker_options or WorkerOptions()

@@ -30,9 +30,9 @@ from referencing.jsonschema import DRAFT202012
 
 import workflows
 from flowcraft_core.azure.clients import make_cosmos_client, make_queue_client
-from flowcraft_core.azure.emulators import Emulators
 from flowcraft_core.azure.services import build_services
 from flowcraft_core.settings import Settings
+from flowcraft_dev.emulators import Emulators
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 E2E_DIR = Path(__file__).resolve().parent

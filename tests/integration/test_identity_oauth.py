@@ -25,10 +25,10 @@ from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
 from flowcraft_core.azure.clients import make_queue_client_with_identity
-from flowcraft_core.azure.emulators import free_port
 from flowcraft_core.azure.identity import STORAGE_SCOPE
 from flowcraft_core.azure.queue import AzureJobQueue, parse_job
 from flowcraft_core.protocols import Job
+from flowcraft_dev.emulators import free_port
 
 pytestmark = pytest.mark.emulators
 ROOT = Path(__file__).resolve().parents[2]

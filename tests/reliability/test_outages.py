@@ -22,9 +22,9 @@ from helpers import wait_until
 from rel_support import CosmosFaultProxy, PrivateRedis, RelHarness, TcpProxy, executions, records, wait_final
 from rel_workflows import HOLD_RELEASE, HOLD_STARTED, blueprints, registry
 
-from flowcraft_core.azure.emulators import COSMOS_EMULATOR_KEY
 from flowcraft_core.azure.services import AzureServices
 from flowcraft_core.events import CollectingEventBus
+from flowcraft_dev.emulators import COSMOS_EMULATOR_KEY
 
 NODES = ("a", "b", "c", "d", "e")
 
