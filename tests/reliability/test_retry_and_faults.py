@@ -1,4 +1,4 @@
-"""Unit tests of the retry policy (flowcraft_core.azure.retry) and the fault hooks (flowcraft_core.azure.faults).
+"""Unit tests of the retry policy (flowcraft_core.azure.retry) and the fault hooks (flowcraft_dev.faults).
 
 No emulators: errors are constructed the way the SDKs raise them, and the crash hook's exit is replaced.
 """
