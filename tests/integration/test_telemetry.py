@@ -42,17 +42,20 @@ async def step(ctx: NodeContext) -> NodeResult:
 
 
 _exporter = InMemorySpanExporter()
+_attached: list[bool] = []
 
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    """The process's SDK tracer provider (installed once: OpenTelemetry allows one), with an in-memory exporter."""
+    """The process's SDK tracer provider (OpenTelemetry allows one per process), with this module's exporter."""
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_exporter))
         trace.set_tracer_provider(provider)
     assert trace.get_tracer_provider() is provider
+    if not _attached:
+        provider.add_span_processor(SimpleSpanProcessor(_exporter))
+        _attached.append(True)
     _exporter.clear()
     yield _exporter
     _exporter.clear()
