@@ -8,7 +8,7 @@ collected with the SDK's in-memory exporter, over real emulators and the real po
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import azure.functions as func
 import pytest
@@ -16,7 +16,7 @@ from harness import Distributed, blueprint
 from helpers import wait_until
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import flowcraft_functions
@@ -41,7 +41,16 @@ async def step(ctx: NodeContext) -> NodeResult:
     return NodeResult(output=ctx.node_id)
 
 
-_exporter = InMemorySpanExporter()
+class _SwitchableExporter(InMemorySpanExporter):
+    """Keeps spans only while a test uses it (the provider outlives the test and keeps exporting)."""
+
+    active = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return super().export(spans) if self.active else SpanExportResult.SUCCESS
+
+
+_exporter = _SwitchableExporter()
 _attached: list[bool] = []
 
 
@@ -57,7 +66,9 @@ def spans() -> Iterator[InMemorySpanExporter]:
         provider.add_span_processor(SimpleSpanProcessor(_exporter))
         _attached.append(True)
     _exporter.clear()
+    _exporter.active = True
     yield _exporter
+    _exporter.active = False
     _exporter.clear()
 
 
