@@ -146,3 +146,41 @@ async def test_missing_settings_name_both_ways_to_connect() -> None:
     message = str(caught.value)
     assert "AzureWebJobsStorage (or AzureWebJobsStorage__accountName)" in message
     assert "REDIS_URL (or REDIS_HOST)" in message and "COSMOS_DB" not in message
+
+
+async def test_the_workflows_module_may_hand_over_dependencies_middleware_event_bus_and_evaluator(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, no_network: list[Any]) -> None:
+    (tmp_path / "my_workflows.py").write_text(
+        "from flowcraft_core import Middleware\n"
+        "from flowcraft_core.events import CollectingEventBus\n"
+        "from flowcraft_core.expressions import SafeEvaluator\n"
+        "registry = {}\n"
+        "blueprints = {}\n"
+        "dependencies = {'db': 'the-db'}\n"
+        "class Audit(Middleware):\n"
+        "    pass\n"
+        "middleware = [Audit()]\n"
+        "event_bus = CollectingEventBus()\n"
+        "evaluator = SafeEvaluator()\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    services = await build_services(Settings.from_env({**IDENTITY_ONLY, "FLOWCRAFT_WORKFLOWS": "my_workflows"}))
+    try:
+        import my_workflows  # type: ignore[import-not-found]
+
+        engine = services.adapter.engine
+        assert engine.dependencies["db"] == "the-db"
+        assert engine.middleware == my_workflows.middleware
+        assert engine.events is my_workflows.event_bus
+        assert engine.evaluator is my_workflows.evaluator
+    finally:
+        await services.close()
+
+
+def test_a_workflows_module_with_a_bad_part_is_a_clear_error(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowcraft_core.settings import load_workflow_module
+
+    (tmp_path / "bad_workflows.py").write_text("registry = {}\nblueprints = {}\nmiddleware = 'not a list'\n",
+                                               encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(FlowcraftError, match="`middleware` must be a list"):
+        load_workflow_module("bad_workflows")
