@@ -51,9 +51,9 @@ from redis.asyncio import Redis  # noqa: E402
 from bench.workloads import REGISTRY, Workload, chain, diamond, fanout, percentile, predecessors  # noqa: E402
 from flowcraft_core.azure.adapter import AzureQueueAdapter, RuntimeOptions, WorkerOptions  # noqa: E402
 from flowcraft_core.azure.clients import ensure_cosmos_containers, make_redis  # noqa: E402
-from flowcraft_core.azure.emulators import Emulators  # noqa: E402
 from flowcraft_core.azure.redis_store import RedisCoordinationStore  # noqa: E402
 from flowcraft_core.settings import Settings  # noqa: E402
+from flowcraft_dev.emulators import Emulators  # noqa: E402
 
 # Request kinds whose count depends on timing rather than on the workload: the lastUpdated heartbeat
 # (a patch once per run per worker, then every 30 s) and, for a job running longer than half the
@@ -230,9 +230,9 @@ class Bench:
     async def __aenter__(self) -> Bench:
         verify = self.settings.cosmos_verify_tls
         kwargs: dict[str, Any] = {} if verify else {"connection_verify": False}
-        self.cosmos = CosmosClient.from_connection_string(self.settings.cosmos_connection_string,
+        self.cosmos = CosmosClient.from_connection_string(self.settings.cosmos_connection_string.get_secret_value(),
                                                           raw_request_hook=self.cosmos_http, **kwargs)
-        self.redis = make_redis(self.settings.redis_url)
+        self.redis = make_redis(self.settings.redis_url.get_secret_value())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -246,9 +246,10 @@ class Bench:
         assert self.cosmos is not None and self.redis is not None
         self.serial += 1
         name = f"bench-{self.token}-{self.serial}"
-        queue = QueueClient.from_connection_string(self.settings.storage_connection_string, name,
+        queue = QueueClient.from_connection_string(self.settings.storage_connection_string.get_secret_value(), name,
                                                    raw_request_hook=self.queue_http)
-        poison = QueueClient.from_connection_string(self.settings.storage_connection_string, f"{name}-poison")
+        poison = QueueClient.from_connection_string(self.settings.storage_connection_string.get_secret_value(),
+                                                    f"{name}-poison")
         await queue.create_queue()
         await ensure_cosmos_containers(self.cosmos, name, [self.settings.cosmos_context_container,
                                                            self.settings.cosmos_status_container])

@@ -55,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures = asyncio.run(inprocess.measure(wl.blueprint, runs=wl.runs))
         print(inprocess.format_row(wl.name, figures))
     else:
-        from flowcraft_core.azure.emulators import Emulators
         from flowcraft_core.settings import Settings
+        from flowcraft_dev.emulators import Emulators
 
         with Emulators(repo_root=ROOT) as emu:
             settings = Settings.from_env({**os.environ, **emu.env()})

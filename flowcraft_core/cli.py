@@ -220,9 +220,9 @@ async def _cmd_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m flowcraft_core``."""
-    parser = argparse.ArgumentParser(prog="python -m flowcraft_core", description=__doc__)
+def build_parser(prog: str = "python -m flowcraft_core") -> argparse.ArgumentParser:
+    """The argument parser of ``python -m flowcraft_core`` (also installed as the ``flowcraft`` command)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -274,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    # The console script `flowcraft` and `python -m flowcraft_core` run the same parser, named as invoked.
+    prog = "flowcraft" if Path(sys.argv[0]).stem == "flowcraft" else "python -m flowcraft_core"
+    args = build_parser(prog).parse_args(argv)
     # In-process commands print their result on stdout; their progress logs are noise unless asked for.
     quiet = args.command in ("run", "validate", "graph", "status", "start", "runs")
     level = logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO)

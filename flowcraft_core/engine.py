@@ -66,7 +66,7 @@ RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}$")
 DEFAULT_COORDINATION_TTL = 7 * 24 * 3600
 
 # A fault-injection hook called at each checkpoint of handle_job with (step, run id, node id); see
-# flowcraft_core.azure.faults. None (the default) disables checkpoints entirely.
+# flowcraft_dev.faults. None (the default) disables checkpoints entirely.
 FaultHook = Callable[[str, str, str | None], Awaitable[None] | None]
 
 
@@ -107,7 +107,7 @@ class EngineOptions:
     claim_ttl_seconds: int = 300
     # Pauses before re-reading a run whose snapshot does not yet show the record that scheduled a job.
     stale_read_retry_delays: tuple[float, ...] = (0.05, 0.2, 0.5)
-    # Fault injection for reliability tests (flowcraft_core.azure.faults); never set in production.
+    # Fault injection for reliability tests (flowcraft_dev.faults); never set in production.
     fault_hook: FaultHook | None = None
 
 

@@ -332,6 +332,8 @@ class Job:
     iteration: int = 0
     attempt: int = 1
     via: str | None = None
+    # W3C trace context of the span that enqueued the job (flowcraft_core.telemetry), when there was one.
+    traceparent: str | None = None
 
     @property
     def key(self) -> str:
@@ -347,6 +349,8 @@ class Job:
             data["attempt"] = self.attempt
         if self.via:
             data["via"] = self.via
+        if self.traceparent:
+            data["traceparent"] = self.traceparent
         return data
 
 

@@ -9,10 +9,10 @@ resource "azurerm_cosmosdb_account" "main" {
   free_tier_enabled   = var.cosmos_free_tier
   minimal_tls_version = "Tls12"
 
-  # Keys stay enabled: the app reads COSMOS_DB_CONNECTION_STRING. The function's managed identity also
-  # gets the built-in data-contributor role below, so moving to Entra ID auth later is only a code change
-  # followed by local_authentication_disabled = true.
-  local_authentication_disabled = false
+  # With identity_connections the app reads COSMOS_DB_ENDPOINT and authenticates with its managed identity
+  # (the built-in data-contributor role below), so key auth is turned off; without, it reads
+  # COSMOS_DB_CONNECTION_STRING and keys stay on.
+  local_authentication_disabled = var.identity_connections
   # Keys may read and write items but not create or change databases, containers or throughput: the
   # schema belongs to Terraform (the app must not create containers on Azure, only against the emulator).
   access_key_metadata_writes_enabled = false

@@ -28,17 +28,30 @@ locals {
   #   AzureWebJobsStorage                    <- storage_account_name + storage_account_access_key
   #   APPLICATIONINSIGHTS_CONNECTION_STRING  <- site_config.application_insights_connection_string
   # and FUNCTIONS_WORKER_RUNTIME = python   <- site_config.application_stack.python_version
-  function_app_settings = {
+  common_app_settings = {
     FLOWCRAFT_QUEUE_NAME                = azurerm_storage_queue.jobs.name
-    COSMOS_DB_CONNECTION_STRING         = azurerm_cosmosdb_account.main.primary_sql_connection_string
     COSMOS_DB_DATABASE                  = azurerm_cosmosdb_sql_database.main.name
     COSMOS_DB_CONTEXT_CONTAINER         = azurerm_cosmosdb_sql_container.contexts.name
     COSMOS_DB_STATUS_CONTAINER          = azurerm_cosmosdb_sql_container.statuses.name
-    REDIS_URL                           = local.redis_url
     FLOWCRAFT_WORKFLOWS                 = var.workflows_module
     FLOWCRAFT_STALLED_THRESHOLD_SECONDS = tostring(var.stalled_threshold_seconds)
     FLOWCRAFT_RECONCILE_SCHEDULE        = var.reconcile_schedule
   }
+  # identity_connections = false: keys inside connection strings.
+  key_app_settings = {
+    COSMOS_DB_CONNECTION_STRING = azurerm_cosmosdb_account.main.primary_sql_connection_string
+    REDIS_URL                   = local.redis_url
+  }
+  # identity_connections = true: endpoints only; the managed identity signs in (flowcraft_core.azure.identity).
+  identity_app_settings = {
+    COSMOS_DB_ENDPOINT = azurerm_cosmosdb_account.main.endpoint
+    REDIS_HOST         = azurerm_redis_cache.main.hostname
+    REDIS_PORT         = tostring(azurerm_redis_cache.main.ssl_port)
+  }
+  function_app_settings = merge(
+    local.common_app_settings,
+    var.identity_connections ? tomap(local.identity_app_settings) : tomap(local.key_app_settings),
+  )
 }
 
 resource "azurerm_linux_function_app" "main" {
@@ -47,10 +60,12 @@ resource "azurerm_linux_function_app" "main" {
   resource_group_name = azurerm_resource_group.main.name
   service_plan_id     = azurerm_service_plan.functions.id
 
-  # Becomes AzureWebJobsStorage (a connection string with the account key): the Functions host, the
-  # queue trigger and the app's own QueueClient all use it.
-  storage_account_name       = azurerm_storage_account.main.name
-  storage_account_access_key = azurerm_storage_account.main.primary_access_key
+  # Becomes AzureWebJobsStorage (a connection string with the account key), or with host_storage_identity
+  # AzureWebJobsStorage__accountName (the managed identity, no key): the Functions host, the queue trigger
+  # and the app's own QueueClient all use it.
+  storage_account_name          = azurerm_storage_account.main.name
+  storage_account_access_key    = local.host_storage_identity ? null : azurerm_storage_account.main.primary_access_key
+  storage_uses_managed_identity = local.host_storage_identity ? true : null
 
   functions_extension_version = "~4"
   https_only                  = true

@@ -33,6 +33,9 @@ locals {
   function_plan_is_ep = startswith(var.function_plan_sku, "EP")
   function_plan_is_y1 = var.function_plan_sku == "Y1"
   function_always_on  = !(local.function_plan_is_y1 || local.function_plan_is_ep)
+  # Linux Consumption deploys (func azure functionapp publish) upload the package with the
+  # AzureWebJobsStorage connection string, so Y1 keeps it even with identity_connections.
+  host_storage_identity = var.identity_connections && !local.function_plan_is_y1
 
   tags = merge(
     {

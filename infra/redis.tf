@@ -11,8 +11,9 @@ resource "azurerm_redis_cache" "main" {
 
   non_ssl_port_enabled = false
   minimum_tls_version  = "1.2"
-  # The app authenticates with the access key inside REDIS_URL.
-  access_keys_authentication_enabled = true
+  # identity_connections: the app signs in with Microsoft Entra ID (REDIS_HOST, the access policy
+  # assignment below) and access keys are off; otherwise it uses the access key inside REDIS_URL.
+  access_keys_authentication_enabled = !var.identity_connections
   # Reachable from Linux Consumption, which has no VNet integration (see README "Accepted findings").
   public_network_access_enabled = true
 
@@ -21,6 +22,8 @@ resource "azurerm_redis_cache" "main" {
     # join run twice or never. With noeviction a full cache makes writes fail loudly instead (the
     # default, volatile-lru, would evict any key that has a TTL, locks included).
     maxmemory_policy = "noeviction"
+    # Microsoft Entra ID sign-in for the app's managed identity (identity_connections).
+    active_directory_authentication_enabled = var.identity_connections
   }
 
   tags = local.tags
@@ -31,4 +34,15 @@ resource "azurerm_redis_cache" "main" {
       error_message = "Premium caches take redis_capacity 1-5 (P1-P5)."
     }
   }
+}
+
+# The function's managed identity as a Redis user (Entra ID auth): Data Contributor covers the commands
+# the coordination store runs (strings, sets, scripts), without the dangerous administrative ones.
+resource "azurerm_redis_cache_access_policy_assignment" "function" {
+  count              = var.identity_connections ? 1 : 0
+  name               = "flowcraft-function"
+  redis_cache_id     = azurerm_redis_cache.main.id
+  access_policy_name = "Data Contributor"
+  object_id          = azurerm_linux_function_app.main.identity[0].principal_id
+  object_id_alias    = "ServicePrincipal"
 }

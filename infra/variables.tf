@@ -240,3 +240,9 @@ variable "log_daily_quota_gb" {
     error_message = "log_daily_quota_gb must be -1 (no cap) or at least 0.023."
   }
 }
+
+variable "identity_connections" {
+  description = "true (default): the app reaches Cosmos DB and Redis with its managed identity (Microsoft Entra ID): COSMOS_DB_ENDPOINT and REDIS_HOST in the app settings, no key; Cosmos DB key auth and Redis access keys are turned off. On EP or dedicated plans the host storage goes keyless too (AzureWebJobsStorage__accountName, shared keys off); Linux Consumption (Y1) keeps the AzureWebJobsStorage connection string, which its deployment path needs. false: connection strings with keys everywhere."
+  type        = bool
+  default     = true
+}

@@ -22,7 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flowcraft_core.azure.emulators import Emulators  # noqa: E402
+from flowcraft_dev.emulators import Emulators  # noqa: E402
 
 FUNCTION_KEY = "demo-key"
 

@@ -362,7 +362,8 @@ class DevHost:
         self.app = app
         self.options = options or HostOptions()
         self._env = env
-        self.function_key = function_key if function_key is not None else Settings.from_env(self.env).function_key
+        self.function_key = (function_key if function_key is not None
+                             else Settings.from_env(self.env).function_key.get_secret_value())
         # `func start` ignores auth levels locally; --no-auth does the same for `make dev`.
         self.enforce_keys = enforce_keys
         self.host = host

@@ -36,7 +36,7 @@ from flowcraft_core.azure.clients import (  # noqa: E402
     make_queue_client,
     make_redis,
 )
-from flowcraft_core.azure.emulators import EmulatorError, Emulators  # noqa: E402
+from flowcraft_dev.emulators import EmulatorError, Emulators  # noqa: E402
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

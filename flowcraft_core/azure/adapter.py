@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,11 +18,13 @@ from azure.storage.queue.aio import QueueClient
 from ..engine import Engine, EngineOptions, JobOutcome
 from ..errors import InvalidJobError
 from ..protocols import CoordinationStore, Job
+from ..telemetry import job_span
 from .cosmos import CosmosRunStore, CosmosStatusStore, RequestCounter
-from .faults import fault_hook_from_env
 from .queue import AzureJobQueue, parse_job
 
 logger = logging.getLogger("flowcraft.azure")
+# Set only by the reliability tests (see the fault injection module); never in production.
+FAULT_CRASH_ENV = "FLOWCRAFT_FAULT_CRASH_AT"
 
 
 @dataclass
@@ -88,8 +91,11 @@ class AzureQueueAdapter:
             evaluator=opts.evaluator, event_bus=opts.event_bus, middleware=opts.middleware,
             dependencies=opts.dependencies, options=opts.engine,
         )
-        if self.engine.fault_hook is None:
-            # Off unless FLOWCRAFT_FAULT_CRASH_AT is set (reliability tests crash workers on purpose).
+        if self.engine.fault_hook is None and os.environ.get(FAULT_CRASH_ENV, "").strip():
+            # Reliability tests crash workers on purpose. Fault injection is dev-only code that is not
+            # deployed, so it is imported only when asked for (and fails loudly where it is missing).
+            from flowcraft_dev.faults import fault_hook_from_env
+
             self.engine.fault_hook = fault_hook_from_env()
         self.worker_options = worker_options or WorkerOptions()
         self._stopping = asyncio.Event()
@@ -156,13 +162,15 @@ class AzureQueueAdapter:
             import json
 
             job = parse_job(json.dumps(dict(job)))
-        heartbeat = asyncio.create_task(self._heartbeat(job))
-        try:
-            outcome = await self.engine.handle_job(job, delivery_id=delivery_id)
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+        with job_span(job) as span:
+            heartbeat = asyncio.create_task(self._heartbeat(job))
+            try:
+                outcome = await self.engine.handle_job(job, delivery_id=delivery_id)
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+            span.set_attribute("flowcraft.outcome", outcome.status)
         self.processed += 1
         await self.engine.events.emit({"type": "job:processed", "payload": {
             **job.to_dict(), "status": outcome.status}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import math
 from typing import Any
@@ -15,6 +16,7 @@ from .. import json_policy
 from ..engine import RUN_ID_PATTERN
 from ..errors import NotAJobError
 from ..protocols import Job
+from ..telemetry import TRACEPARENT_MAX_LENGTH, current_traceparent
 from .retry import RetryPolicy, retry_transient
 
 # Storage Queues accept visibility timeouts up to 7 days; a longer sleep is re-enqueued on wake-up.
@@ -33,6 +35,8 @@ class JobMessage(BaseModel):
     iteration: int = Field(default=0, ge=0, le=10_000_000)
     attempt: int = Field(default=1, ge=1, le=1000)
     via: str | None = Field(default=None, max_length=512)
+    # Optional W3C trace context (telemetry); a malformed one only starts a new trace.
+    traceparent: str | None = Field(default=None, max_length=TRACEPARENT_MAX_LENGTH)
 
     @field_validator("run_id")
     @classmethod
@@ -44,7 +48,8 @@ class JobMessage(BaseModel):
 
     def to_job(self) -> Job:
         """The engine's job."""
-        return Job(self.run_id, self.blueprint_id, self.node_id, self.iteration, self.attempt, self.via)
+        return Job(self.run_id, self.blueprint_id, self.node_id, self.iteration, self.attempt, self.via,
+                   self.traceparent)
 
 
 def encode_job(job: Job) -> str:
@@ -114,5 +119,9 @@ class AzureJobQueue:
     async def enqueue(self, job: Job, *, delay_seconds: float = 0) -> None:
         """Send the job, visible after delay_seconds (rounded up to whole seconds)."""
         delay = min(MAX_DELAY_SECONDS, max(0, math.ceil(delay_seconds)))
+        # The sender's span becomes the parent of the job's span: one run, one trace.
+        traceparent = current_traceparent()
+        if traceparent and traceparent != job.traceparent:
+            job = dataclasses.replace(job, traceparent=traceparent)
         self.sent += 1
         await self.client.send_message(encode_job(job), visibility_timeout=delay or None)

@@ -9,6 +9,7 @@ from typing import Any
 
 from azure.cosmos.aio import CosmosClient
 
+from ..telemetry import log_fields, reconcile_span
 from .adapter import AzureQueueAdapter
 from .cosmos import CosmosStatusStore
 
@@ -42,17 +43,22 @@ class AzureReconciler:
     async def run(self) -> ReconciliationStats:
         """One pass: reconcile every stalled run; never raises for a single run's failure."""
         stats = ReconciliationStats()
-        threshold = time.time() - self.stalled_threshold_seconds
-        run_ids = await self.status_store.list_stalled(threshold, limit=self.batch_limit)
-        stats.stalled_runs = len(run_ids)
-        for run_id in run_ids:
-            try:
-                enqueued = await self.adapter.reconcile(run_id)
-                if enqueued:
-                    stats.reconciled_runs += 1
-            except Exception:
-                stats.failed_runs += 1
-                logger.exception("reconciling run %s failed", run_id)
+        with reconcile_span() as span:
+            threshold = time.time() - self.stalled_threshold_seconds
+            run_ids = await self.status_store.list_stalled(threshold, limit=self.batch_limit)
+            stats.stalled_runs = len(run_ids)
+            for run_id in run_ids:
+                try:
+                    with log_fields(**{"flowcraft.run_id": run_id}):
+                        enqueued = await self.adapter.reconcile(run_id)
+                    if enqueued:
+                        stats.reconciled_runs += 1
+                except Exception:
+                    stats.failed_runs += 1
+                    logger.exception("reconciling run %s failed", run_id)
+            span.set_attributes({"flowcraft.stalled_runs": stats.stalled_runs,
+                                 "flowcraft.reconciled_runs": stats.reconciled_runs,
+                                 "flowcraft.failed_runs": stats.failed_runs})
         if run_ids:
             logger.info("reconciliation: %s", stats.to_dict())
         return stats

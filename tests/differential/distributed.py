@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from flowcraft_core.azure.adapter import RuntimeOptions
-from flowcraft_core.azure.emulators import free_port
 from flowcraft_core.azure.services import AzureServices, build_services
 from flowcraft_core.models import WorkflowBlueprint
 from flowcraft_core.protocols import FINAL_STATUSES
 from flowcraft_core.settings import Settings
+from flowcraft_dev.emulators import free_port
 from tests.differential.generator import Case
 from tests.differential.outcomes import Observed, Trace
 from tests.differential.stand_ins import REGISTRY, normalize

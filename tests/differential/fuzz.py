@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flowcraft_core.azure.emulators import Emulators
+from flowcraft_dev.emulators import Emulators
 from tests.differential.distributed import DistributedRig, Faults, draw_faults
 from tests.differential.generator import Case, generate
 from tests.differential.harness import Verdict, check_distributed, check_inprocess, load_case

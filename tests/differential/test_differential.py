@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flowcraft_core.azure.emulators import Emulators
+from flowcraft_dev.emulators import Emulators
 from tests.differential.distributed import DistributedRig, Faults, draw_faults
 from tests.differential.generator import generate
 from tests.differential.harness import check_distributed, check_inprocess

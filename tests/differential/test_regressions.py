@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flowcraft_core.azure.emulators import Emulators
+from flowcraft_dev.emulators import Emulators
 from tests.differential.distributed import DistributedRig, Faults
 from tests.differential.harness import check_distributed, check_inprocess, load_case
 from tests.differential.known import FINDINGS

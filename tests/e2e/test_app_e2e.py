@@ -30,9 +30,9 @@ from referencing.jsonschema import DRAFT202012
 
 import workflows
 from flowcraft_core.azure.clients import make_cosmos_client, make_queue_client
-from flowcraft_core.azure.emulators import Emulators
 from flowcraft_core.azure.services import build_services
 from flowcraft_core.settings import Settings
+from flowcraft_dev.emulators import Emulators
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 E2E_DIR = Path(__file__).resolve().parent
@@ -104,10 +104,10 @@ def local_host(emulators: Emulators, log_path: Path, **settings: str) -> Iterato
 async def _drop_resources(env: dict[str, str]) -> None:
     settings = Settings.from_env(env)
     for name in (settings.queue_name, settings.poison_queue_name):
-        async with make_queue_client(settings.storage_connection_string, name) as qc:
+        async with make_queue_client(settings.storage_connection_string.get_secret_value(), name) as qc:
             with contextlib.suppress(ResourceNotFoundError):
                 await qc.delete_queue()
-    async with make_cosmos_client(settings.cosmos_connection_string, verify_tls=False) as cc:
+    async with make_cosmos_client(settings.cosmos_connection_string.get_secret_value(), verify_tls=False) as cc:
         with contextlib.suppress(ResourceNotFoundError):
             await cc.delete_database(settings.cosmos_database)
 
@@ -287,7 +287,7 @@ async def test_crashing_job_is_poisoned_and_fails_its_run(api: Api, host: HostPr
 
 async def test_message_that_is_not_a_job_is_poisoned_then_dropped(api: Api, host: HostProcess) -> None:
     settings = Settings.from_env(host.env)
-    async with make_queue_client(settings.storage_connection_string, settings.queue_name) as qc:
+    async with make_queue_client(settings.storage_connection_string.get_secret_value(), settings.queue_name) as qc:
         await qc.send_message('{"hello": "world"}')  # the client base64-encodes, as the host expects
     await wait_until(lambda: "poison message is not a Flowcraft job" in host.log(), timeout=10,
                      message="the poison function dropped it")

@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 from test_app_e2e import KEY, HostProcess, _drop_resources, local_host
 
-from flowcraft_core.azure.emulators import Emulators
+from flowcraft_dev.emulators import Emulators
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "run-view.png"

@@ -269,7 +269,8 @@ def test_every_app_setting_is_set(tf: Terraform, default_run: tuple[Any, list[Ca
     (path,) = [value[1:] for value in call.options["--settings"]]
     settings = json.loads(call.files[path])
     assert not Path(path).exists(), "the settings file (it holds keys) must be deleted"
-    expected_names = set(tf.locals["function_app_settings"]) | {
+    # The script mirrors identity_connections = false (connection strings with keys).
+    expected_names = set(tf.locals["common_app_settings"]) | set(tf.locals["key_app_settings"]) | {
         "AzureWebJobsStorage",
         "APPLICATIONINSIGHTS_CONNECTION_STRING",
     }

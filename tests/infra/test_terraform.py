@@ -18,16 +18,24 @@ STORAGE = "azurerm_storage_account.main"
 FUNCTION_IDENTITY = "${azurerm_linux_function_app.main.identity[0].principal_id}"
 
 # Settings flowcraft_core reads from the environment (MISSION.md "Settings"), and where each comes from.
-WIRED_APP_SETTINGS = {
+COMMON_APP_SETTINGS = {
     "FLOWCRAFT_QUEUE_NAME": "${azurerm_storage_queue.jobs.name}",
-    "COSMOS_DB_CONNECTION_STRING": "${azurerm_cosmosdb_account.main.primary_sql_connection_string}",
     "COSMOS_DB_DATABASE": "${azurerm_cosmosdb_sql_database.main.name}",
     "COSMOS_DB_CONTEXT_CONTAINER": "${azurerm_cosmosdb_sql_container.contexts.name}",
     "COSMOS_DB_STATUS_CONTAINER": "${azurerm_cosmosdb_sql_container.statuses.name}",
-    "REDIS_URL": "${local.redis_url}",
     "FLOWCRAFT_WORKFLOWS": "${var.workflows_module}",
     "FLOWCRAFT_STALLED_THRESHOLD_SECONDS": "${tostring(var.stalled_threshold_seconds)}",
     "FLOWCRAFT_RECONCILE_SCHEDULE": "${var.reconcile_schedule}",
+}
+KEY_APP_SETTINGS = {
+    "COSMOS_DB_CONNECTION_STRING": "${azurerm_cosmosdb_account.main.primary_sql_connection_string}",
+    "REDIS_URL": "${local.redis_url}",
+}
+# identity_connections (the default): endpoints only, no key.
+IDENTITY_APP_SETTINGS = {
+    "COSMOS_DB_ENDPOINT": "${azurerm_cosmosdb_account.main.endpoint}",
+    "REDIS_HOST": "${azurerm_redis_cache.main.hostname}",
+    "REDIS_PORT": "${tostring(azurerm_redis_cache.main.ssl_port)}",
 }
 
 # Resources that take no tags in azurerm (everything else must carry local.tags).
@@ -39,6 +47,7 @@ UNTAGGABLE = {
     "azurerm_cosmosdb_sql_container",
     "azurerm_cosmosdb_sql_role_assignment",
     "azurerm_role_assignment",
+    "azurerm_redis_cache_access_policy_assignment",
 }
 
 
@@ -121,8 +130,8 @@ def test_cosmos_account(tf: Terraform) -> None:
     assert attr(account, "offer_type") == "Standard"
     assert attr(block(account, "consistency_policy"), "consistency_level") == "Session"
     assert attr(account, "minimal_tls_version") == "Tls12"
-    # Keys stay on (the app uses a connection string) but cannot change databases or containers.
-    assert attr(account, "local_authentication_disabled") is False
+    # Keys are off with identity_connections (the default); when on, they cannot change databases or containers.
+    assert attr(account, "local_authentication_disabled") == "${var.identity_connections}"
     assert attr(account, "access_key_metadata_writes_enabled") is False
     assert len(blocks(account, "geo_location")) == 1
 
@@ -216,25 +225,62 @@ def test_every_setting_the_app_reads_is_wired(tf: Terraform) -> None:
     assert normalize_expression(attr(app, "app_settings")) == normalize_expression(
         "${merge(var.extra_app_settings, local.function_app_settings)}"
     )
-    assert tf.locals["function_app_settings"] == WIRED_APP_SETTINGS
+    assert tf.locals["common_app_settings"] == COMMON_APP_SETTINGS
+    assert tf.locals["key_app_settings"] == KEY_APP_SETTINGS
+    assert tf.locals["identity_app_settings"] == IDENTITY_APP_SETTINGS
+    assert normalize_expression(tf.locals["function_app_settings"]) == normalize_expression(
+        "${merge(local.common_app_settings, var.identity_connections ? tomap(local.identity_app_settings) "
+        ": tomap(local.key_app_settings))}"
+    )
+    assert tf.default("identity_connections") is True
 
     # AzureWebJobsStorage and APPLICATIONINSIGHTS_CONNECTION_STRING come from the provider's dedicated
     # arguments (it strips both from app_settings on read, so listing them there never converges),
     # FUNCTIONS_WORKER_RUNTIME from application_stack.
     assert attr(app, "storage_account_name") == f"${{{STORAGE}.name}}"
-    assert attr(app, "storage_account_access_key") == f"${{{STORAGE}.primary_access_key}}"
+    # The key only without host_storage_identity (hcl2 renders null as None).
+    key = normalize_expression(attr(app, "storage_account_access_key"))
+    assert re.fullmatch(r"\$\{local\.host_storage_identity\?(null|None):" + re.escape(STORAGE)
+                        + r"\.primary_access_key\}", key), key
+    assert re.fullmatch(r"\$\{local\.host_storage_identity \? (true|True) : (null|None)\}",
+                        attr(app, "storage_uses_managed_identity"))
     site = block(app, "site_config")
     assert attr(site, "application_insights_connection_string") == (
         "${azurerm_application_insights.main.connection_string}"
     )
     provider_managed = ("AzureWebJobsStorage", "APPLICATIONINSIGHTS_CONNECTION_STRING", "FUNCTIONS_WORKER_RUNTIME")
     for name in provider_managed:
-        assert name not in tf.locals["function_app_settings"]
+        for group in ("common_app_settings", "key_app_settings", "identity_app_settings"):
+            assert name not in tf.locals[group]
 
     # Defaults match the app's documented defaults.
     assert tf.default("workflows_module") == "workflows"
     assert tf.default("stalled_threshold_seconds") == 300
     assert tf.default("reconcile_schedule") == "0 */1 * * * *"
+
+
+def test_identity_connections_turn_keys_off_and_grant_the_identity_access(tf: Terraform) -> None:
+    cosmos = tf.resource("azurerm_cosmosdb_account", "main")
+    assert attr(cosmos, "local_authentication_disabled") == "${var.identity_connections}"
+    redis = tf.resource("azurerm_redis_cache", "main")
+    assert attr(redis, "access_keys_authentication_enabled") == "${!var.identity_connections}"
+    assert attr(block(redis, "redis_configuration"), "active_directory_authentication_enabled") == (
+        "${var.identity_connections}")
+    policy = tf.resource("azurerm_redis_cache_access_policy_assignment", "function")
+    assert attr(policy, "count") == "${var.identity_connections ? 1 : 0}"
+    assert attr(policy, "object_id") == FUNCTION_IDENTITY
+    assert attr(policy, "access_policy_name") == "Data Contributor"
+    # The host storage goes keyless except on Linux Consumption, whose deployment needs the key.
+    assert normalize_expression(tf.locals["host_storage_identity"]) == normalize_expression(
+        "${var.identity_connections && !local.function_plan_is_y1}")
+    storage = tf.resource("azurerm_storage_account", "main")
+    # local.host_storage_identity spelt out, in a form checkov resolves (so its key checks judge the default).
+    shared_key = attr(storage, "shared_access_key_enabled")
+    assert re.fullmatch(r'\$\{var\.identity_connections && var\.function_plan_sku != "Y1" '
+                        r"\? (false|False) : (true|True)\}", shared_key), shared_key
+    # No identity setting carries a secret.
+    for value in IDENTITY_APP_SETTINGS.values():
+        assert not re.search(r"key|connection_string|password|redis_url", value), value
 
 
 def test_publish_settings_survive_the_next_apply(tf: Terraform) -> None:

@@ -7,6 +7,7 @@ import json
 import pytest
 from harness import Distributed
 from helpers import AzureTestEnv
+from pydantic import SecretStr
 
 import workflows
 from flowcraft_core.cli import _cmd_runs, _wait_with_progress, build_parser
@@ -17,6 +18,8 @@ async def test_runs_list_show_history_and_purge(distributed: Distributed, azure_
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     services = await distributed.build(workflows.registry, workflows.blueprints)
     for name, value in distributed.settings().model_dump(by_alias=True).items():
+        if isinstance(value, SecretStr):  # secrets dump redacted; the CLI needs the real values
+            value = value.get_secret_value()
         if value not in (None, ""):
             monkeypatch.setenv(name, str(value).lower() if isinstance(value, bool) else str(value))
     run_id = await services.adapter.start_run("400", {"userId": "u", "userPost": "Hi a@b.com"})

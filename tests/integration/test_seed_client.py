@@ -54,7 +54,8 @@ class SeedClient:
 
     def __init__(self, services: AzureServices) -> None:
         settings = services.settings
-        self.client = make_cosmos_client(settings.cosmos_connection_string, verify_tls=settings.cosmos_verify_tls)
+        self.client = make_cosmos_client(settings.cosmos_connection_string.get_secret_value(),
+                                         verify_tls=settings.cosmos_verify_tls)
         database = self.client.get_database_client(settings.cosmos_database)
         self.statuses = database.get_container_client(settings.cosmos_status_container)
 

@@ -34,10 +34,10 @@ from aiohttp import web
 from helpers import AzureTestEnv, wait_until
 from rel_workflows import LOCAL_EXECUTIONS, final_key
 
-from flowcraft_core.azure.emulators import free_port
 from flowcraft_core.azure.services import AzureServices
 from flowcraft_core.engine import EngineOptions
 from flowcraft_core.protocols import FINAL_STATUSES
+from flowcraft_dev.emulators import free_port
 from tests.integration.harness import Distributed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

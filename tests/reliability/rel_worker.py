@@ -8,7 +8,7 @@ polling worker, SIGTERM stops it), plus what the tests need:
 - ``REL_CONCURRENCY``: jobs at once (1 makes "the n-th time a checkpoint is reached" deterministic);
 - ``REL_COUNTER_PREFIX``: count successful final-status writes per run in Redis under this prefix.
 
-``FLOWCRAFT_FAULT_CRASH_AT`` is read by the adapter itself (flowcraft_core.azure.faults).
+``FLOWCRAFT_FAULT_CRASH_AT`` is read by the adapter itself (flowcraft_dev.faults).
 """
 
 from __future__ import annotations

@@ -27,10 +27,10 @@ from helpers import wait_until
 from rel_support import RelHarness, records, spawn_worker, stop_process, wait_final, worker_env
 from rel_workflows import blueprints, exec_key, final_key, registry
 
-from flowcraft_core.azure.faults import CHECKPOINTS, CRASH_ENV, CRASH_EXIT_CODE, StepRecorder
 from flowcraft_core.azure.queue import AzureJobQueue
 from flowcraft_core.azure.services import AzureServices, plain_queue_client
 from flowcraft_core.engine import Engine, EngineOptions
+from flowcraft_dev.faults import CHECKPOINTS, CRASH_ENV, CRASH_EXIT_CODE, StepRecorder
 
 pytestmark = pytest.mark.slow
 

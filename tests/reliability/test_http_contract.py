@@ -49,8 +49,8 @@ from schemathesis import DataGenerationMethod
 from schemathesis.specs.openapi.checks import ignored_auth, negative_data_rejection
 
 from flowcraft_core.azure.clients import make_cosmos_client, make_queue_client
-from flowcraft_core.azure.emulators import Emulators, free_port
 from flowcraft_core.http_api import openapi_document
+from flowcraft_dev.emulators import Emulators, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("FLOWCRAFT_SCHEMATHESIS_EXAMPLES", "40"))

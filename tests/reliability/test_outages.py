@@ -22,9 +22,9 @@ from helpers import wait_until
 from rel_support import CosmosFaultProxy, PrivateRedis, RelHarness, TcpProxy, executions, records, wait_final
 from rel_workflows import HOLD_RELEASE, HOLD_STARTED, blueprints, registry
 
-from flowcraft_core.azure.emulators import COSMOS_EMULATOR_KEY
 from flowcraft_core.azure.services import AzureServices
 from flowcraft_core.events import CollectingEventBus
+from flowcraft_dev.emulators import COSMOS_EMULATOR_KEY
 
 NODES = ("a", "b", "c", "d", "e")
 
@@ -196,7 +196,7 @@ async def fail_fast_queue(services: AzureServices) -> None:
     from azure.storage.queue.aio import QueueClient
 
     old = services.queue_client
-    fast = QueueClient.from_connection_string(services.settings.storage_connection_string,
+    fast = QueueClient.from_connection_string(services.settings.storage_connection_string.get_secret_value(),
                                               services.settings.queue_name, retry_total=0)
     services.queue_client = fast
     services.adapter.queue_client = fast

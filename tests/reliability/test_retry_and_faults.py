@@ -1,4 +1,4 @@
-"""Unit tests of the retry policy (flowcraft_core.azure.retry) and the fault hooks (flowcraft_core.azure.faults).
+"""Unit tests of the retry policy (flowcraft_core.azure.retry) and the fault hooks (flowcraft_dev.faults).
 
 No emulators: errors are constructed the way the SDKs raise them, and the crash hook's exit is replaced.
 """
@@ -24,7 +24,10 @@ from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flowcraft_core.azure.adapter import AzureQueueAdapter
-from flowcraft_core.azure.faults import (
+from flowcraft_core.azure.retry import RetryPolicy, describe, is_transient, redact, retry_after_seconds, retry_transient
+from flowcraft_core.engine import EngineOptions
+from flowcraft_core.runtime import FlowRuntime
+from flowcraft_dev.faults import (
     CHECKPOINTS,
     CRASH_ENV,
     CRASH_EXIT_CODE,
@@ -33,9 +36,6 @@ from flowcraft_core.azure.faults import (
     StepRecorder,
     fault_hook_from_env,
 )
-from flowcraft_core.azure.retry import RetryPolicy, describe, is_transient, redact, retry_after_seconds, retry_transient
-from flowcraft_core.engine import EngineOptions
-from flowcraft_core.runtime import FlowRuntime
 
 FAST = RetryPolicy(max_attempts=5, initial_delay=0.001, max_delay=0.01, max_total_seconds=5)
 

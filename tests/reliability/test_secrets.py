@@ -32,9 +32,9 @@ from rel_support import (
 )
 from rel_workflows import blueprints, registry
 
-from flowcraft_core.azure.emulators import AZURITE_ACCOUNT_KEY
 from flowcraft_core.azure.retry import RetryPolicy
 from flowcraft_core.azure.services import plain_queue_client
+from flowcraft_dev.emulators import AZURITE_ACCOUNT_KEY
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ import function_app
 from flowcraft_core import http_api
 from flowcraft_core.azure.clients import ensure_queue, make_queue_client
 from flowcraft_core.http_api import openapi_document
-from flowcraft_core.settings import Settings
+from flowcraft_core.settings import NOT_IN_EXAMPLE, Settings
 from scripts.devhost import (
     DevHost,
     DevHostError,
@@ -196,14 +196,14 @@ def test_host_json() -> None:
 
 def test_local_settings_example_has_every_setting() -> None:
     values = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
-    aliases = {info.alias for info in Settings.model_fields.values()}
+    aliases = {info.alias for info in Settings.model_fields.values()} - NOT_IN_EXAMPLE
     assert aliases <= set(values), aliases - set(values)
     assert values["FUNCTIONS_WORKER_RUNTIME"] == "python"
     assert values["AzureWebJobsStorage"] == "UseDevelopmentStorage=true"
     assert all(isinstance(v, str) for v in values.values())  # the host only takes strings
     settings = Settings.from_env(values)
-    assert settings.redis_url.startswith("redis://localhost") and settings.cosmos_verify_tls is False
-    assert settings.function_key == "local-dev-key" and settings.create_resources is True
+    assert settings.redis_url.get_secret_value().startswith("redis://localhost") and settings.cosmos_verify_tls is False
+    assert settings.function_key.get_secret_value() == "local-dev-key" and settings.create_resources is True
     # The %SETTING% names the bindings use resolve from the example.
     assert resolve_expression("%FLOWCRAFT_QUEUE_NAME%-poison", values) == "flowcraft-jobs-poison"
     schedule_iterator(resolve_expression("%FLOWCRAFT_RECONCILE_SCHEDULE%", values))
@@ -212,8 +212,10 @@ def test_local_settings_example_has_every_setting() -> None:
 def test_funcignore_keeps_the_app_and_drops_the_rest() -> None:
     ignored = {line.strip() for line in (ROOT / ".funcignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
-    assert {".venv", "node_modules", "tests", "bench", "infra", ".git", "local.settings.json"} <= ignored
-    assert not {"function_app.py", "host.json", "requirements.txt", "flowcraft_core", "workflows"} & ignored
+    assert {".venv", "node_modules", "tests", "bench", "infra", ".git", "local.settings.json",
+            "flowcraft_dev"} <= ignored
+    assert not {"function_app.py", "host.json", "requirements.txt", "flowcraft_core", "flowcraft_functions",
+                "workflows"} & ignored
 
 
 def test_lazy_services_reads_settings_once_and_reports_missing_ones(monkeypatch: pytest.MonkeyPatch) -> None:

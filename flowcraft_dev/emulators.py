@@ -2,7 +2,7 @@
 
 Used by the test suite (``tests/conftest.py``) and by ``make demo``/``make dev`` through the CLI::
 
-    python -m flowcraft_core.azure.emulators start --env-file .emulators/env
+    python -m flowcraft_dev.emulators start --env-file .emulators/env
 
 Three processes are started, each in its own process group so that ``stop()`` also reaps anything
 they fork:
@@ -92,7 +92,7 @@ def free_port() -> int:
 def find_repo_root(start: Path | None = None) -> Path:
     """Find the directory holding the emulators' ``package.json``.
 
-    Defaults to walking up from this file (``flowcraft_core/azure/``), so it works from any cwd.
+    Defaults to walking up from this file (``flowcraft_dev/``), so it works from any cwd.
     """
     here = (start or Path(__file__)).resolve()
     for candidate in [here, *here.parents]:
@@ -527,7 +527,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m flowcraft_core.azure.emulators",
+        prog="python -m flowcraft_dev.emulators",
         description="Run Azurite (queues), the Cosmos DB stand-in and a private Redis on free ports.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
