@@ -242,7 +242,7 @@ class AzureQueueAdapter:
             self._wake.clear()  # a job enqueued from here on makes the next idle pause end early
             try:
                 messages = []
-                batch = min(32, free)
+                batch = min(32, free)  # 32 is the most one receive returns
                 pages = self.queue_client.receive_messages(messages_per_page=batch, max_messages=batch,
                                                            visibility_timeout=opts.visibility_timeout)
                 async for msg in pages:
@@ -252,17 +252,20 @@ class AzureQueueAdapter:
                 await self._sleep(idle_delay)
                 idle_delay = min(opts.max_poll_interval, idle_delay * 2)
                 continue
-            if not messages:
-                if await self._sleep(idle_delay, wake=True):
-                    idle_delay = 0.1
-                else:
-                    idle_delay = min(opts.max_poll_interval, idle_delay * 2)
-                continue
-            idle_delay = 0.1
             for msg in messages:
                 task = asyncio.create_task(self._process(msg))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
+            if len(messages) == batch:
+                idle_delay = 0.1
+                continue  # a full batch: more are likely waiting
+            # Empty, or fewer than asked for: the queue is drained for now. Pause instead of polling it
+            # again at once (an empty receive per job in a chain); a job of this process that enqueues
+            # work ends the pause at once, work from elsewhere waits at most the pause.
+            if await self._sleep(0.1 if messages else idle_delay, wake=True) or messages:
+                idle_delay = 0.1
+            else:
+                idle_delay = min(opts.max_poll_interval, idle_delay * 2)
 
     async def _sleep(self, seconds: float, *, wake: bool = False) -> bool:
         """Pause until stop() or the timeout (or, with wake, a local enqueue); True when woken early."""

@@ -24,6 +24,8 @@ result?, reason?, awaiting?}``: the item the seed's client polls and the reconci
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -149,13 +151,44 @@ class CosmosRunStore:
             if entry is not fresh:  # a concurrent first load of the same run got there first
                 entry.absorb(items)
         else:
-            items = await self._query(run_id, _NEWER_QUERY, [
-                {"name": "@runId", "value": run_id}, {"name": "@ts", "value": entry.top_ts},
-                {"name": "@seen", "value": sorted(entry.top_etags)}])
-            entry.absorb(items)
+            await self._refresh(run_id, entry)
         state = entry.state()
         self.cache.trim()
         return state
+
+    async def _refresh(self, run_id: str, entry: CachedRun) -> None:
+        """Bring the entry up to date with a read sent after this call began, shared with other jobs.
+
+        Concurrent jobs of one run would each send the same read and receive the same new items. A read
+        already in flight may have been sent before what this job must see was committed, so a job that
+        finds one waits for the next read instead: it starts when the current one ends and serves every
+        job that queued for it. Either way the read this job gets was sent after it asked.
+        """
+        current = entry.reading
+        if current is None or current.done():
+            task = asyncio.ensure_future(self._read_newer(run_id, entry))
+            entry.reading = task
+            await asyncio.shield(task)
+            return
+        follow = entry.following
+        if follow is None or follow.done():
+            follow = asyncio.ensure_future(self._read_after(run_id, entry, current))
+            entry.following = follow
+        await asyncio.shield(follow)
+
+    async def _read_after(self, run_id: str, entry: CachedRun, current: asyncio.Future[None]) -> None:
+        with contextlib.suppress(Exception):  # its own waiters see its error; this read is a new one
+            await current
+        task = asyncio.ensure_future(self._read_newer(run_id, entry))
+        entry.reading = task
+        entry.following = None
+        await task
+
+    async def _read_newer(self, run_id: str, entry: CachedRun) -> None:
+        items = await self._query(run_id, _NEWER_QUERY, [
+            {"name": "@runId", "value": run_id}, {"name": "@ts", "value": entry.top_ts},
+            {"name": "@seen", "value": sorted(entry.top_etags)}])
+        entry.absorb(items)
 
     def forget(self, run_id: str) -> None:
         """Drop the run from this process's cache (it ended here)."""
@@ -259,6 +292,7 @@ class CosmosRunStore:
     @retry_transient("cosmos.delete_run")
     async def delete_run(self, run_id: str) -> int:
         """Delete every item of the run's partition (header, records, chunks, markers); returns how many."""
+        self.cache.drop(run_id)
         self.counter.add("query")
         # Ids first, deletes after: the query's pages are not read while the partition changes under them.
         ids = [item["id"] async for item in self.container.query_items(

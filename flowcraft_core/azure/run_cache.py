@@ -18,11 +18,13 @@ it, so nothing older than the newest ``_ts`` seen can appear later.
 budget (estimated from the items' JSON sizes), runs idle for ``idle_seconds`` are dropped, and a run is
 dropped when this process saw it end (``drop``). An evicted run is read whole again on its next job.
 
-Pure Python, no Azure SDK: the store (``cosmos.py``) does the reads and feeds the items in.
+Pure Python, no Azure SDK: the store (``cosmos.py``) does the reads (one at a time per run, shared by
+the jobs that wait for it) and feeds the items in.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -69,6 +71,9 @@ class CachedRun:
         self.top_etags: set[str] = set()
         self.size = 0
         self.last_used = 0.0
+        # The read of newer items in flight, and the one queued to follow it (see CosmosRunStore.load).
+        self.reading: asyncio.Future[None] | None = None
+        self.following: asyncio.Future[None] | None = None
 
     @classmethod
     def from_items(cls, run_id: str, items: list[dict[str, Any]]) -> CachedRun | None:
