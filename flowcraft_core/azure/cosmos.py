@@ -153,6 +153,7 @@ class CosmosRunStore:
         else:
             await self._refresh(run_id, entry)
         state = entry.state()
+        self.cache.resized(entry)
         self.cache.trim()
         return state
 

@@ -219,15 +219,13 @@ class RunCache:
         self.idle_seconds = idle_seconds
         self.clock = clock
         self._runs: OrderedDict[str, CachedRun] = OrderedDict()
+        # Sizes as last accounted (an entry grows while it is fed; resized() settles the difference).
+        self._accounted: dict[str, int] = {}
+        self.size = 0
         self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._runs)
-
-    @property
-    def size(self) -> int:
-        """Estimated bytes held (O(runs held))."""
-        return sum(entry.size for entry in self._runs.values())
 
     def get(self, run_id: str) -> CachedRun | None:
         """The run's entry, marked as just used; None when not held."""
@@ -244,11 +242,20 @@ class RunCache:
             return held
         entry.last_used = self.clock()
         self._runs[entry.run_id] = entry
+        self._accounted[entry.run_id] = entry.size
+        self.size += entry.size
         return entry
+
+    def resized(self, entry: CachedRun) -> None:
+        """Account for what an entry grew by since it was last accounted."""
+        if self._runs.get(entry.run_id) is entry:
+            self.size += entry.size - self._accounted[entry.run_id]
+            self._accounted[entry.run_id] = entry.size
 
     def drop(self, run_id: str) -> None:
         """Forget a run (it ended)."""
-        self._runs.pop(run_id, None)
+        if self._runs.pop(run_id, None) is not None:
+            self.size -= self._accounted.pop(run_id)
 
     def trim(self) -> None:
         """Evict idle runs, then least recently used runs while over the byte budget."""
@@ -257,11 +264,10 @@ class RunCache:
             run_id, entry = next(iter(self._runs.items()))
             if now - entry.last_used < self.idle_seconds:
                 break
-            del self._runs[run_id]
+            self.drop(run_id)
             self.evictions += 1
-        total = self.size
-        while self._runs and total > self.max_bytes:
-            run_id, entry = self._runs.popitem(last=False)
-            total -= entry.size
+        while self._runs and self.size > self.max_bytes:
+            run_id, entry = next(iter(self._runs.items()))
+            self.drop(run_id)
             self.evictions += 1
             logger.info("run cache over %d bytes: evicted run %s (%d bytes)", self.max_bytes, run_id, entry.size)

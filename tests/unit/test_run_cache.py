@@ -129,6 +129,10 @@ def test_the_cache_evicts_least_recently_used_runs_over_its_budget_and_idle_runs
         cache.put(entry)
         now[0] += 1
     assert cache.get("r1") is not None  # r1 is now the most recently used
+    r3 = cache.get("r3")
+    assert r3 is not None
+    r3.absorb([record_item(NodeRecord(node_id="more", output="z" * 100, seq=2))])
+    cache.resized(r3)
     cache.trim()
     assert cache.size <= 3000
     assert cache.get("r2") is None and cache.get("r1") is not None
