@@ -22,6 +22,8 @@ from .faults import fault_hook_from_env
 from .queue import AzureJobQueue, parse_job
 
 logger = logging.getLogger("flowcraft.azure")
+# The longest a busy worker delays a receive to gather free slots into one batch.
+GATHER_SECONDS = 0.05
 
 
 @dataclass
@@ -234,11 +236,18 @@ class AzureQueueAdapter:
     async def _poll_loop(self) -> None:
         opts = self.worker_options
         idle_delay = 0.1
+        backlog = False
+        # With a backlog, a receive waits (briefly) for half the slots to be free, so that a busy worker
+        # receives a batch at a time rather than one message each time one job ends.
+        gather = max(1, min(32, opts.concurrency) // 2)
         while not self._stopping.is_set():
             free = opts.concurrency - len(self._in_flight)
             if free <= 0:
                 await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
                 continue
+            if backlog and free < gather:
+                await self._await_slots(gather, GATHER_SECONDS)
+                free = opts.concurrency - len(self._in_flight)
             self._wake.clear()  # a job enqueued from here on makes the next idle pause end early
             try:
                 messages = []
@@ -256,7 +265,8 @@ class AzureQueueAdapter:
                 task = asyncio.create_task(self._process(msg))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
-            if len(messages) == batch:
+            backlog = len(messages) == batch
+            if backlog:
                 idle_delay = 0.1
                 continue  # a full batch: more are likely waiting
             # Empty, or fewer than asked for: the queue is drained for now. Pause instead of polling it
@@ -266,6 +276,15 @@ class AzureQueueAdapter:
                 idle_delay = 0.1
             else:
                 idle_delay = min(opts.max_poll_interval, idle_delay * 2)
+
+    async def _await_slots(self, wanted: int, seconds: float) -> None:
+        """Wait until `wanted` slots are free, at most `seconds` (long jobs must not idle the others)."""
+        deadline = time.monotonic() + seconds
+        while self._in_flight and self.worker_options.concurrency - len(self._in_flight) < wanted:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stopping.is_set():
+                return
+            await asyncio.wait(set(self._in_flight), timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
 
     async def _sleep(self, seconds: float, *, wake: bool = False) -> bool:
         """Pause until stop() or the timeout (or, with wake, a local enqueue); True when woken early."""
