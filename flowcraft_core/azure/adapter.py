@@ -254,8 +254,11 @@ class AzureQueueAdapter:
                 batch = min(32, free)  # 32 is the most one receive returns
                 pages = self.queue_client.receive_messages(messages_per_page=batch, max_messages=batch,
                                                            visibility_timeout=opts.visibility_timeout)
-                async for msg in pages:
-                    messages.append(msg)
+                # One request: the SDK's pager would ask again after a short page, and that second
+                # request is almost always empty.
+                async for page in pages.by_page():
+                    messages.extend([msg async for msg in page])
+                    break
             except Exception as exc:  # the queue being unreachable must not kill the worker
                 logger.warning("receiving from the job queue failed (%s); retrying in %.1fs", exc, idle_delay)
                 await self._sleep(idle_delay)
