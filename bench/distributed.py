@@ -186,6 +186,8 @@ class Result:
     traffic: Traffic = field(default_factory=Traffic)
     items_read: int = 0
     peak_rss_mib: float = 0.0
+    # Node outputs absent from the final result contexts (read after the timed part).
+    missing_outputs: int = 0
     hop_total: list[float] = field(default_factory=list)
     hop_route: list[float] = field(default_factory=list)
     hop_pickup: list[float] = field(default_factory=list)
@@ -215,9 +217,9 @@ class Result:
         return self.queue.get("update", 0)
 
     def ok(self) -> bool:
-        """Every run completed and every node ran exactly once."""
+        """Every run completed, every node ran exactly once, every node's output is in its result."""
         return (self.statuses.get("completed", 0) == self.runs and self.nodes == self.nodes_expected
-                and self.executions == self.nodes_expected)
+                and self.executions == self.nodes_expected and self.missing_outputs == 0)
 
 
 # ----------------------------------------------------------------------------- the bench
@@ -234,6 +236,7 @@ class Bench:
         self.redis: Redis | None = None
         self.token = uuid.uuid4().hex[:8]
         self.serial = 0
+        self.last_runs: list[str] = []
 
     async def __aenter__(self) -> Bench:
         verify = self.settings.cosmos_verify_tls
@@ -285,6 +288,7 @@ class Bench:
             await adapter.start_run(blueprint_id, {}, run_id)
 
         await asyncio.gather(*(one() for _ in range(runs)))
+        self.last_runs = sorted(recorder.expected)
         try:
             await asyncio.wait_for(recorder.all_done.wait(), self.timeout)
             finished = True
@@ -339,6 +343,10 @@ class Bench:
             if not finished:
                 result.statuses["unfinished"] = workload.runs - len(recorder.run_status)
             result.hop_total, result.hop_route, result.hop_pickup = recorder.hops(predecessors(bp))
+            for run_id in self.last_runs:
+                status = await adapter.run_result(run_id)
+                context = ((status or {}).get("result") or {}).get("context") or {}
+                result.missing_outputs += sum(f"_outputs.{n.id}" not in context for n in bp.nodes)
             return result
         finally:
             await adapter.stop()
@@ -436,7 +444,8 @@ def details(results: Sequence[Result]) -> str:
                      f"requests (stand-in), items returned by loads {r.items_read} "
                      f"({r.per_node(r.items_read):.2f}/node); peak RSS of this process so far "
                      f"{r.peak_rss_mib:.0f} MiB; "
-                     f"runs {dict(r.statuses)}, node executions {r.executions}; hop p50/p95 ms: "
+                     f"runs {dict(r.statuses)}, node executions {r.executions}, node outputs missing from "
+                     f"the results {r.missing_outputs}; hop p50/p95 ms: "
                      f"commit+route {ms(percentile(r.hop_route, 50))}/{ms(percentile(r.hop_route, 95))}, "
                      f"queue+pickup {ms(percentile(r.hop_pickup, 50))}/{ms(percentile(r.hop_pickup, 95))}")
     return "\n".join(lines)
