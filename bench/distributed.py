@@ -1,6 +1,6 @@
 """Distributed benchmark: workloads through the polling worker on the local emulators.
 
-    .venv/bin/python bench/distributed.py [--quick] [--concurrency N] [--repeat N] [--only NAME ...]
+    .venv/bin/python bench/distributed.py [--quick] [--big] [--concurrency N] [--repeat N] [--only NAME ...]
 
 Starts Azurite, the Cosmos DB stand-in and redis-server on free ports, then runs each workload
 through ``AzureQueueAdapter``'s polling worker in this process (the same code path as
@@ -9,6 +9,8 @@ through ``AzureQueueAdapter``'s polling worker in this process (the same code pa
 - nodes executed, wall time, nodes/s;
 - Cosmos DB requests per node: the store's own counter by kind, checked against every HTTP request
   the Cosmos client sent (a ``raw_request_hook``);
+- Cosmos DB KiB read and written per node, counted inside the stand-in (``bench/traffic.py``): response
+  bodies and request bodies of the workload's database;
 - Redis round trips per node (the coordination store's counter);
 - queue operations per node, counted on the wire (a ``raw_request_hook`` on the QueueClient): sends,
   deletes, receives (receives include empty polls, so they depend on timing);
@@ -29,6 +31,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -48,6 +51,7 @@ from azure.cosmos.aio import CosmosClient  # noqa: E402
 from azure.storage.queue.aio import QueueClient  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
+from bench.traffic import Traffic, database_traffic  # noqa: E402
 from bench.workloads import REGISTRY, Workload, chain, diamond, fanout, percentile, predecessors  # noqa: E402
 from flowcraft_core.azure.adapter import AzureQueueAdapter, RuntimeOptions, WorkerOptions  # noqa: E402
 from flowcraft_core.azure.clients import ensure_cosmos_containers, make_redis  # noqa: E402
@@ -56,9 +60,10 @@ from flowcraft_core.settings import Settings  # noqa: E402
 from flowcraft_dev.emulators import Emulators  # noqa: E402
 
 # Request kinds whose count depends on timing rather than on the workload: the lastUpdated heartbeat
-# (a patch once per run per worker, then every 30 s) and, for a job running longer than half the
-# visibility timeout, the keep-alive (a queue update, a patch and a status read every 30 s).
-TIME_BASED_COSMOS = ("patch",)
+# (a patch every 30 s per run per worker) and, for a job running longer than half the visibility
+# timeout, the keep-alive (a queue update, a patch and a status read every 30 s); and the loads'
+# queries, since concurrent jobs of one run share one read of what is new (at most one per job).
+TIME_BASED_COSMOS = ("patch", "query")
 
 
 # ----------------------------------------------------------------------------- counting
@@ -178,6 +183,11 @@ class Result:
     redis: int = 0
     redis_server: dict[str, int] = field(default_factory=dict)
     queue: dict[str, int] = field(default_factory=dict)
+    traffic: Traffic = field(default_factory=Traffic)
+    items_read: int = 0
+    peak_rss_mib: float = 0.0
+    # Node outputs absent from the final result contexts (read after the timed part).
+    missing_outputs: int = 0
     hop_total: list[float] = field(default_factory=list)
     hop_route: list[float] = field(default_factory=list)
     hop_pickup: list[float] = field(default_factory=list)
@@ -207,9 +217,9 @@ class Result:
         return self.queue.get("update", 0)
 
     def ok(self) -> bool:
-        """Every run completed and every node ran exactly once."""
+        """Every run completed, every node ran exactly once, every node's output is in its result."""
         return (self.statuses.get("completed", 0) == self.runs and self.nodes == self.nodes_expected
-                and self.executions == self.nodes_expected)
+                and self.executions == self.nodes_expected and self.missing_outputs == 0)
 
 
 # ----------------------------------------------------------------------------- the bench
@@ -226,6 +236,7 @@ class Bench:
         self.redis: Redis | None = None
         self.token = uuid.uuid4().hex[:8]
         self.serial = 0
+        self.last_runs: list[str] = []
 
     async def __aenter__(self) -> Bench:
         verify = self.settings.cosmos_verify_tls
@@ -278,6 +289,7 @@ class Bench:
             await adapter.start_run(blueprint_id, {}, run_id)
 
         await asyncio.gather(*(one() for _ in range(runs)))
+        self.last_runs = sorted(recorder.expected)
         try:
             await asyncio.wait_for(recorder.all_done.wait(), self.timeout)
             finished = True
@@ -301,7 +313,9 @@ class Bench:
             # Warm-up: Cosmos container metadata, Redis scripts (EVALSHA/SCRIPT LOAD), connections.
             await self._drive(adapter, recorder, warm.id, 1)
             adapter.cosmos_requests.reset()
+            adapter.run_store.items_read = 0
             adapter.coordination.counter.count = 0  # type: ignore[attr-defined]
+            traffic_before = await database_traffic(self.settings.cosmos_connection_string, name)
             self.cosmos_http.reset()
             self.queue_http.reset()
             await self.redis.config_resetstat()
@@ -313,6 +327,10 @@ class Bench:
                 if profiler is not None:
                     profiler.stop()
             result = Result(workload.name, workload.runs, workload.nodes, wall=wall)
+            result.traffic = await database_traffic(self.settings.cosmos_connection_string, name) - traffic_before
+            result.items_read = adapter.run_store.items_read
+            # ru_maxrss is KiB on Linux: the peak of this process (worker and bench) so far.
+            result.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             result.cosmos = dict(adapter.cosmos_requests.counts)
             result.cosmos_http = sum(self.cosmos_http.counts.values())
             result.cosmos_http_methods = dict(sorted(self.cosmos_http.counts.items()))
@@ -326,6 +344,10 @@ class Bench:
             if not finished:
                 result.statuses["unfinished"] = workload.runs - len(recorder.run_status)
             result.hop_total, result.hop_route, result.hop_pickup = recorder.hops(predecessors(bp))
+            for run_id in self.last_runs:
+                status = await adapter.run_result(run_id)
+                context = ((status or {}).get("result") or {}).get("context") or {}
+                result.missing_outputs += sum(f"_outputs.{n.id}" not in context for n in bp.nodes)
             return result
         finally:
             await adapter.stop()
@@ -391,9 +413,10 @@ def ms(seconds: float) -> str:
 
 def table(results: Sequence[Result]) -> str:
     """The results as one Markdown table."""
-    head = ("| workload | nodes | wall s | nodes/s | Cosmos req/node | Cosmos by kind (total) | "
-            "Redis/node | queue send/recv/del per node | hop p50 ms | hop p95 ms | ok |")
-    lines = [head, "|" + "---|" * 11]
+    head = ("| workload | nodes | wall s | nodes/s | Cosmos req/node | Cosmos KiB read/node | "
+            "Cosmos KiB written/node | Cosmos by kind (total) | Redis/node | queue send/recv/del per node | "
+            "hop p50 ms | hop p95 ms | ok |")
+    lines = [head, "|" + "---|" * 13]
     for r in results:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(r.cosmos.items()))
         q = r.queue
@@ -401,7 +424,8 @@ def table(results: Sequence[Result]) -> str:
                 f"{r.per_node(q.get('delete', 0)):.2f}")
         lines.append(
             f"| {r.name} | {r.nodes} | {r.wall:.2f} | {r.nodes / r.wall if r.wall else 0:.1f} | "
-            f"{r.per_node(r.cosmos_total):.2f} | {kinds} | {r.per_node(r.redis):.2f} | {qcol} | "
+            f"{r.per_node(r.cosmos_total):.2f} | {r.per_node(r.traffic.read) / 1024:.2f} | "
+            f"{r.per_node(r.traffic.written) / 1024:.2f} | {kinds} | {r.per_node(r.redis):.2f} | {qcol} | "
             f"{ms(percentile(r.hop_total, 50))} | {ms(percentile(r.hop_total, 95))} | "
             f"{'yes' if r.ok() else 'NO'} |")
     return "\n".join(lines)
@@ -417,22 +441,32 @@ def details(results: Sequence[Result]) -> str:
         lines.append(f"- {r.name}: {counts}; time-based: {' '.join(f'{k}={v}' for k, v in extra.items())}; "
                      f"Cosmos HTTP requests {r.cosmos_http} {r.cosmos_http_methods} (store counter {r.cosmos_total}); "
                      f"Redis server-side commands {sum(r.redis_server.values())} {r.redis_server}; "
-                     f"runs {dict(r.statuses)}, node executions {r.executions}; hop p50/p95 ms: "
+                     f"Cosmos bytes read {r.traffic.read} written {r.traffic.written} in {r.traffic.requests} "
+                     f"requests (stand-in), items returned by loads {r.items_read} "
+                     f"({r.per_node(r.items_read):.2f}/node); peak RSS of this process so far "
+                     f"{r.peak_rss_mib:.0f} MiB; "
+                     f"runs {dict(r.statuses)}, node executions {r.executions}, node outputs missing from "
+                     f"the results {r.missing_outputs}; hop p50/p95 ms: "
                      f"commit+route {ms(percentile(r.hop_route, 50))}/{ms(percentile(r.hop_route, 95))}, "
                      f"queue+pickup {ms(percentile(r.hop_pickup, 50))}/{ms(percentile(r.hop_pickup, 95))}")
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- main
-def workloads(quick: bool, wide: int | None = None) -> list[Workload]:
-    """The workloads, in the order they run (the wide fan-out: 1000, 200 with quick, or `wide`)."""
+def workloads(quick: bool, wide: int | None = None, big: bool = False) -> list[Workload]:
+    """The workloads, in the order they run (the wide fan-out: 1000, 200 with quick, or `wide`;
+    fanout-10000 last with big)."""
     wide = wide or (200 if quick else 1000)
-    return [
+    selected = [
         Workload("chain-20", chain(20)),
+        Workload("chain-20 x10", chain(20), runs=10),
         Workload("fanout-32", fanout(32)),
         Workload("diamond x50", diamond(), runs=50),
         Workload(f"fanout-{wide}", fanout(wide)),
     ]
+    if big:
+        selected.append(Workload("fanout-10000", fanout(10_000)))
+    return selected
 
 
 async def bench(settings: Settings, selected: list[Workload], concurrency: int, repeat: int,
@@ -463,10 +497,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="run each workload N times and compare counts")
     parser.add_argument("--only", nargs="*", default=None, help="workload names to run (e.g. chain-20)")
     parser.add_argument("--fanout", type=int, default=None, help="width of the wide fan-out (scaling runs)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds a workload may take")
+    parser.add_argument("--big", action="store_true", help="also run fanout-10000 (last; minutes)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds a workload may take")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    selected = [w for w in workloads(args.quick, args.fanout) if not args.only or w.name.replace(" ", "") in
+    selected = [w for w in workloads(args.quick, args.fanout, args.big) if not args.only or w.name.replace(" ", "") in
                 {o.replace(" ", "") for o in args.only}]
     info = machine_info()
     started = time.perf_counter()

@@ -394,7 +394,7 @@ class Engine:
             replay = not new
             if new:
                 await self._emit_changes(job, record)
-        await self._maybe_touch(job.run_id)
+        await self._maybe_touch(job.run_id, state.header.created_at)
 
         if record.status == "failed":
             err = record.error or {}
@@ -719,6 +719,7 @@ class Engine:
                                                                            "status": "completed"}})
             logger.info("run %s completed (%d node executions)", run_id, len(state.records))
             await self.coordination.forget_run(run_id)
+            self.run_store.forget(run_id)
 
     async def _fail_run(self, run_id: str, reason: str, errors: list[dict[str, Any]] | None = None) -> None:
         await self.run_store.mark(run_id, "failed", {"reason": reason, "errors": errors or []})
@@ -851,9 +852,10 @@ class Engine:
             await self.events.emit({"type": "context:change", "payload": {
                 "runId": job.run_id, "sourceNode": record.node_id, "key": key, "value": value}})
 
-    async def _maybe_touch(self, run_id: str) -> None:
+    async def _maybe_touch(self, run_id: str, created_at: float) -> None:
+        # A run's status item was written when it was created: no refresh is due before an interval.
         now = time.time()
-        if now - self._last_touch.get(run_id, 0.0) >= self.options.touch_interval_seconds:
+        if now - self._last_touch.get(run_id, created_at) >= self.options.touch_interval_seconds:
             self._last_touch[run_id] = now
             if len(self._last_touch) > 10_000:
                 self._last_touch = {k: v for k, v in self._last_touch.items()

@@ -85,6 +85,9 @@ class InMemoryRunStore:
             return 0
         return 1 + len(state.records) + (state.cancelled is not None) + (state.failed is not None)
 
+    def forget(self, run_id: str) -> None:
+        """Nothing to drop: this store is the run's only copy."""
+
     def _require(self, run_id: str) -> RunState:
         state = self._runs.get(run_id)
         if state is None:

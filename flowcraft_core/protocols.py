@@ -233,7 +233,11 @@ class RunStore(Protocol):
         """Create a run; raise RunStateError when the id is taken."""
 
     async def load(self, run_id: str) -> RunState | None:
-        """The whole run in one read, or None when unknown."""
+        """The whole run (records, folded context, markers), or None when unknown.
+
+        A store may serve it from a per-process cache refreshed by an incremental read; it must then be
+        as fresh as one read of the store would be.
+        """
 
     async def commit(self, run_id: str, record: NodeRecord) -> tuple[NodeRecord, bool]:
         """Store a record unless one exists for its key; return the stored record and whether it is new."""
@@ -247,6 +251,9 @@ class RunStore(Protocol):
 
     async def delete_run(self, run_id: str) -> int:
         """Remove every item of the run; returns how many there were."""
+
+    def forget(self, run_id: str) -> None:
+        """The run completed: drop what this process caches of it (the stored run stays)."""
 
 
 class StatusStore(Protocol):

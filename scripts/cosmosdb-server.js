@@ -14,6 +14,14 @@
 //    predicate is evaluated as written, against the one item being patched.
 // 3. Every response carries `connection: close`, so each SDK request pays a new TLS handshake.
 //    Keep-alive is turned on, as the real service does.
+// 4. A write sent with `Prefer: return=minimal` (the SDK's `no_response=True`) still echoed the whole
+//    item; Cosmos DB answers it without a body, so the stand-in does too.
+//
+// It also counts traffic per database, for the benchmarks and the byte-budget tests: requests, request
+// body bytes ("written": creates, upserts, replaces, patches, query texts) and response body bytes
+// ("read": items returned by reads and queries, echoes of writes). Headers are not counted.
+//   GET /_flowcraft/traffic            -> {"<database>": {"requests", "requestBytes", "responseBytes"}}
+//   GET /_flowcraft/traffic?reset=1    -> the same, then every counter starts again from zero
 //
 // The handler modules are patched before the server module is loaded, because the route table
 // captures the handler functions when it is built.
@@ -119,9 +127,55 @@ function parseArgs(argv) {
   return args;
 }
 
+const traffic = new Map();
+
+function trafficOf(url) {
+  const match = /^\/+dbs\/([^/?]+)/.exec(url || "");
+  const db = match ? decodeURIComponent(match[1]) : "";
+  let entry = traffic.get(db);
+  if (!entry) {
+    entry = { requests: 0, requestBytes: 0, responseBytes: 0 };
+    traffic.set(db, entry);
+  }
+  return entry;
+}
+
+function serveTraffic(req, res) {
+  const body = JSON.stringify(Object.fromEntries(traffic));
+  if (/[?&]reset=1\b/.test(req.url)) traffic.clear();
+  res.setHeader("content-type", "application/json");
+  res.end(body);
+}
+
+// Fix 4 and the counting, around the stand-in's own request handler.
+function wrap(handler) {
+  return (req, res) => {
+    if (req.url.startsWith("/_flowcraft/traffic")) return serveTraffic(req, res);
+    const entry = trafficOf(req.url);
+    entry.requests += 1;
+    entry.requestBytes += parseInt(req.headers["content-length"] || "0", 10) || 0;
+    const minimal =
+      String(req.headers.prefer || "").toLowerCase() === "return=minimal" &&
+      ["POST", "PUT", "PATCH"].includes(req.method) &&
+      !isTrue(req.headers["x-ms-documentdb-isquery"]) &&
+      req.headers["content-type"] !== "application/query+json";
+    const end = res.end.bind(res);
+    res.end = (chunk, ...rest) => {
+      let out = chunk;
+      if (minimal && res.statusCode >= 200 && res.statusCode < 300 && typeof out === "string") out = "";
+      if (out) entry.responseBytes += Buffer.byteLength(out);
+      return end(out, ...rest);
+    };
+    return handler(req, res);
+  };
+}
+
 const args = parseArgs(process.argv.slice(2));
 const { createHttpsServer } = require("@vercel/cosmosdb-server");
 const server = createHttpsServer({ keepAlive: true });
+const handlers = server.listeners("request");
+server.removeAllListeners("request");
+for (const handler of handlers) server.on("request", wrap(handler));
 server.on("error", (err) => {
   console.error(err.stack || String(err));
   process.exit(1);

@@ -25,6 +25,8 @@ from .queue import AzureJobQueue, parse_job
 logger = logging.getLogger("flowcraft.azure")
 # Set only by the reliability tests (see the fault injection module); never in production.
 FAULT_CRASH_ENV = "FLOWCRAFT_FAULT_CRASH_AT"
+# The longest a busy worker delays a receive to gather free slots into one batch.
+GATHER_SECONDS = 0.05
 
 
 @dataclass
@@ -242,35 +244,58 @@ class AzureQueueAdapter:
     async def _poll_loop(self) -> None:
         opts = self.worker_options
         idle_delay = 0.1
+        backlog = False
+        # With a backlog, a receive waits (briefly) for half the slots to be free, so that a busy worker
+        # receives a batch at a time rather than one message each time one job ends.
+        gather = max(1, min(32, opts.concurrency) // 2)
         while not self._stopping.is_set():
             free = opts.concurrency - len(self._in_flight)
             if free <= 0:
                 await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
                 continue
+            if backlog and free < gather:
+                await self._await_slots(gather, GATHER_SECONDS)
+                free = opts.concurrency - len(self._in_flight)
             self._wake.clear()  # a job enqueued from here on makes the next idle pause end early
             try:
                 messages = []
-                batch = min(32, free)
+                batch = min(32, free)  # 32 is the most one receive returns
                 pages = self.queue_client.receive_messages(messages_per_page=batch, max_messages=batch,
                                                            visibility_timeout=opts.visibility_timeout)
-                async for msg in pages:
-                    messages.append(msg)
+                # One request: the SDK's pager would ask again after a short page, and that second
+                # request is almost always empty.
+                async for page in pages.by_page():
+                    messages.extend([msg async for msg in page])
+                    break
             except Exception as exc:  # the queue being unreachable must not kill the worker
                 logger.warning("receiving from the job queue failed (%s); retrying in %.1fs", exc, idle_delay)
                 await self._sleep(idle_delay)
                 idle_delay = min(opts.max_poll_interval, idle_delay * 2)
                 continue
-            if not messages:
-                if await self._sleep(idle_delay, wake=True):
-                    idle_delay = 0.1
-                else:
-                    idle_delay = min(opts.max_poll_interval, idle_delay * 2)
-                continue
-            idle_delay = 0.1
             for msg in messages:
                 task = asyncio.create_task(self._process(msg))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
+            backlog = len(messages) == batch
+            if backlog:
+                idle_delay = 0.1
+                continue  # a full batch: more are likely waiting
+            # Empty, or fewer than asked for: the queue is drained for now. Pause instead of polling it
+            # again at once (an empty receive per job in a chain); a job of this process that enqueues
+            # work ends the pause at once, work from elsewhere waits at most the pause.
+            if await self._sleep(0.1 if messages else idle_delay, wake=True) or messages:
+                idle_delay = 0.1
+            else:
+                idle_delay = min(opts.max_poll_interval, idle_delay * 2)
+
+    async def _await_slots(self, wanted: int, seconds: float) -> None:
+        """Wait until `wanted` slots are free, at most `seconds` (long jobs must not idle the others)."""
+        deadline = time.monotonic() + seconds
+        while self._in_flight and self.worker_options.concurrency - len(self._in_flight) < wanted:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stopping.is_set():
+                return
+            await asyncio.wait(set(self._in_flight), timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
 
     async def _sleep(self, seconds: float, *, wake: bool = False) -> bool:
         """Pause until stop() or the timeout (or, with wake, a local enqueue); True when woken early."""

@@ -8,10 +8,15 @@ Layout of the contexts container (partition key ``/runId``; every item of a run 
 - ``rec.<hash>.<n>``: chunks of a record whose JSON exceeds one item (Cosmos items stop at 2 MB);
 - ``cancelled`` / ``failed``: control markers that stop the run's other jobs.
 
-A job loads the whole run with one single-partition query and folds the records into the context, so a
-node costs one read and one write however many keys it touches, and concurrent branches never
-overwrite each other (each writes its own item). Flowcraft's adapter kept the context in one item that
-every branch read-modified-wrote without ETags, losing keys under concurrency and dying at 2 MB.
+A job reads the run with one single-partition query and folds the records into the context, so a node
+costs one read and one write however many keys it touches, and concurrent branches never overwrite each
+other (each writes its own item). Each worker process caches the runs it works on (``run_cache.py``):
+the first job of a run in a process reads the whole run, every later one only the items committed since
+(a ``_ts`` watermark), so the bytes a job reads do not grow with the run. Writes ask for no response
+body (``no_response``): the item is not echoed back.
+
+Flowcraft's adapter kept the context in one item that every branch read-modified-wrote without ETags,
+losing keys under concurrency and dying at 2 MB.
 
 The statuses container holds ``{id: runId, runId, blueprintId, status, createdAt, lastUpdated,
 result?, reason?, awaiting?}``: the item the seed's client polls and the reconciler queries.
@@ -19,6 +24,8 @@ result?, reason?, awaiting?}``: the item the seed's client polls and the reconci
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -45,15 +52,19 @@ from ..protocols import (
     RunState,
     RunStatus,
     change_status,
-    fold_context,
 )
 from .retry import RetryPolicy, retry_transient
+from .run_cache import CachedRun, RunCache
 
 logger = logging.getLogger("flowcraft.cosmos")
 
 HEADER_ID = "header"
 # The runId filter is redundant with partition_key for Cosmos DB, but the local stand-in requires it.
 _RUN_QUERY = "SELECT * FROM c WHERE c.runId = @runId"
+# What is newer than a cache entry's watermark: _ts has a one-second resolution, so the watermark's own
+# second is read again, minus the item versions already held from it (see run_cache.py).
+_NEWER_QUERY = ("SELECT * FROM c WHERE c.runId = @runId AND c._ts >= @ts "
+                "AND NOT ARRAY_CONTAINS(@seen, c._etag)")
 # Leaves room under the 2 MB item limit for the envelope and Cosmos's own properties.
 MAX_ITEM_PAYLOAD = 1_500_000
 
@@ -93,15 +104,22 @@ class CosmosRunStore:
     # Transient Cosmos failures are retried per method (see retry.py); None means the default policy.
     retry_policy: RetryPolicy | None = None
 
-    def __init__(self, container: ContainerProxy, counter: RequestCounter | None = None) -> None:
+    def __init__(self, container: ContainerProxy, counter: RequestCounter | None = None, *,
+                 cache: RunCache | None = None, page_size: int | None = None) -> None:
         self.container = container
         self.counter = counter or RequestCounter()
+        # Each store (so each worker process) has its own cache; see run_cache.py.
+        self.cache = cache if cache is not None else RunCache()
+        # Items per query page (None: the service's default); tests force small pages with it.
+        self.page_size = page_size
+        # Items returned by the load queries, for tests and benchmarks.
+        self.items_read = 0
 
     @classmethod
     def from_client(cls, client: CosmosClient, database: str, container: str,
-                    counter: RequestCounter | None = None) -> CosmosRunStore:
+                    counter: RequestCounter | None = None, *, cache: RunCache | None = None) -> CosmosRunStore:
         """Build from a client and names."""
-        return cls(_container(client, database, container), counter)
+        return cls(_container(client, database, container), counter, cache=cache)
 
     @retry_transient("cosmos.create_run")
     async def create_run(self, header: RunHeader) -> None:
@@ -111,67 +129,87 @@ class CosmosRunStore:
                 "initialContext": header.initial_context}
         self.counter.add("create")
         try:
-            await self.container.create_item(body)
+            await self.container.create_item(body, no_response=True)
         except CosmosResourceExistsError:
             raise RunStateError(f"run {header.run_id!r} already exists") from None
 
     @retry_transient("cosmos.load")
     async def load(self, run_id: str) -> RunState | None:
-        """Read every item of the run (one single-partition query) and fold the context."""
-        header: dict[str, Any] | None = None
-        records: list[NodeRecord] = []
-        chunks: dict[str, dict[int, str]] = {}
-        pending_chunked: list[dict[str, Any]] = []
-        cancelled: str | None = None
-        failed: dict[str, Any] | None = None
-        completed = False
+        """The run: read whole on first sight, then only the items newer than this process holds.
+
+        The first load of a run in this process reads every item of the run (one single-partition
+        query, all its pages); later loads ask only for items committed since (see run_cache.py), so a
+        job reads the few records written since the previous job of the run, however large the run.
+        """
+        entry = self.cache.get(run_id)
+        if entry is None:
+            items = await self._query(run_id, _RUN_QUERY, [{"name": "@runId", "value": run_id}])
+            fresh = CachedRun.from_items(run_id, items)
+            if fresh is None:
+                return None
+            entry = self.cache.put(fresh)
+            if entry is not fresh:  # a concurrent first load of the same run got there first
+                entry.absorb(items)
+        else:
+            await self._refresh(run_id, entry)
+        state = entry.state()
+        self.cache.resized(entry)
+        self.cache.trim()
+        return state
+
+    async def _refresh(self, run_id: str, entry: CachedRun) -> None:
+        """Bring the entry up to date with a read sent after this call began, shared with other jobs.
+
+        Concurrent jobs of one run would each send the same read and receive the same new items. A read
+        already in flight may have been sent before what this job must see was committed, so a job that
+        finds one waits for the next read instead: it starts when the current one ends and serves every
+        job that queued for it. Either way the read this job gets was sent after it asked.
+        """
+        current = entry.reading
+        if current is None or current.done():
+            task = asyncio.ensure_future(self._read_newer(run_id, entry))
+            entry.reading = task
+            await asyncio.shield(task)
+            return
+        follow = entry.following
+        if follow is None or follow.done():
+            follow = asyncio.ensure_future(self._read_after(run_id, entry, current))
+            entry.following = follow
+        await asyncio.shield(follow)
+
+    async def _read_after(self, run_id: str, entry: CachedRun, current: asyncio.Future[None]) -> None:
+        with contextlib.suppress(Exception):  # its own waiters see its error; this read is a new one
+            await current
+        task = asyncio.ensure_future(self._read_newer(run_id, entry))
+        entry.reading = task
+        entry.following = None
+        await task
+
+    async def _read_newer(self, run_id: str, entry: CachedRun) -> None:
+        items = await self._query(run_id, _NEWER_QUERY, [
+            {"name": "@runId", "value": run_id}, {"name": "@ts", "value": entry.top_ts},
+            {"name": "@seen", "value": sorted(entry.top_etags)}])
+        entry.absorb(items)
+
+    def forget(self, run_id: str) -> None:
+        """Drop the run from this process's cache (it ended here)."""
+        self.cache.drop(run_id)
+
+    async def _query(self, run_id: str, query: str, parameters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every item a single-partition query returns, following continuation tokens page by page."""
+        items: list[dict[str, Any]] = []
         self.counter.add("query")
-        pages = self.container.query_items(_RUN_QUERY, parameters=[{"name": "@runId", "value": run_id}],
-                                           partition_key=run_id).by_page()
+        pages = self.container.query_items(query, parameters=parameters, partition_key=run_id,
+                                           max_item_count=self.page_size).by_page()
         first = True
         async for page in pages:
             if not first:
                 self.counter.add("query")
             first = False
             async for item in page:
-                kind = item.get("kind")
-                if kind == "record":
-                    if item.get("chunks"):
-                        pending_chunked.append(item)
-                    else:
-                        records.append(NodeRecord.from_dict(item["record"]))
-                elif kind == "chunk":
-                    chunks.setdefault(item["parent"], {})[int(item["index"])] = item["data"]
-                elif kind == "header":
-                    header = item
-                elif kind == "marker":
-                    if item["id"] == "cancelled":
-                        cancelled = str(item.get("reason", "cancelled"))
-                    elif item["id"] == "failed":
-                        failed = {"reason": item.get("reason"), "errors": item.get("errors", [])}
-                    elif item["id"] == "completed":
-                        completed = True
-        if header is None:
-            return None
-        for item in pending_chunked:
-            parts = chunks.get(item["id"], {})
-            if len(parts) != item["chunks"]:
-                # Chunks are written before their record item, so this means a torn read of an
-                # in-flight commit; the record is treated as not yet committed.
-                logger.warning("run %s: record %s has %d of %d chunks", run_id, item["id"], len(parts),
-                               item["chunks"])
-                continue
-            data = "".join(parts[i] for i in range(item["chunks"]))
-            records.append(NodeRecord.from_dict(json.loads(data)))
-        run_header = RunHeader(run_id=run_id, blueprint_id=header["blueprintId"],
-                               blueprint_version=header["blueprintVersion"], created_at=header["createdAt"],
-                               initial_context=header.get("initialContext") or {})
-        by_key: dict[str, NodeRecord] = {}
-        for rec in records:
-            by_key[rec.key] = rec
-        context = fold_context(run_header.initial_context, list(by_key.values()))
-        return RunState(header=run_header, context=context, records=by_key, cancelled=cancelled, failed=failed,
-                        completed=completed)
+                items.append(item)
+        self.items_read += len(items)
+        return items
 
     def _items_for(self, run_id: str, record: NodeRecord) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         item_id = record_item_id(record.key)
@@ -193,10 +231,10 @@ class CosmosRunStore:
         item, chunk_items = self._items_for(run_id, record)
         for chunk in chunk_items:
             self.counter.add("upsert")
-            await self.container.upsert_item(chunk)
+            await self.container.upsert_item(chunk, no_response=True)
         self.counter.add("create")
         try:
-            await self.container.create_item(item)
+            await self.container.create_item(item, no_response=True)
             return record, True
         except CosmosResourceExistsError:
             stored = await self._read_record(run_id, record.key)
@@ -235,11 +273,11 @@ class CosmosRunStore:
         item, chunk_items = self._items_for(run_id, record)
         for chunk in chunk_items:
             self.counter.add("upsert")
-            await self.container.upsert_item(chunk)
+            await self.container.upsert_item(chunk, no_response=True)
         self.counter.add("replace")
         try:
             await self.container.replace_item(item_id, item, etag=current["_etag"],
-                                              match_condition=MatchConditions.IfNotModified)
+                                              match_condition=MatchConditions.IfNotModified, no_response=True)
         except CosmosAccessConditionFailedError:
             return False
         return True
@@ -249,11 +287,13 @@ class CosmosRunStore:
                    data: dict[str, Any]) -> None:
         """Write a control marker item (idempotent upsert)."""
         self.counter.add("upsert")
-        await self.container.upsert_item({"id": marker, "runId": run_id, "kind": "marker", **data})
+        await self.container.upsert_item({"id": marker, "runId": run_id, "kind": "marker", **data},
+                                         no_response=True)
 
     @retry_transient("cosmos.delete_run")
     async def delete_run(self, run_id: str) -> int:
         """Delete every item of the run's partition (header, records, chunks, markers); returns how many."""
+        self.cache.drop(run_id)
         self.counter.add("query")
         # Ids first, deletes after: the query's pages are not read while the partition changes under them.
         ids = [item["id"] async for item in self.container.query_items(

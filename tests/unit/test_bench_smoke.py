@@ -25,8 +25,9 @@ def test_workload_shapes() -> None:
     assert len(wide.nodes) == 35 and predecessors(wide)["join"] == [f"w{i}" for i in range(32)]
     assert predecessors(diamond())["d"] == ["b", "c"]
     names = [w.name for w in distributed.workloads(quick=True)]
-    assert names == ["chain-20", "fanout-32", "diamond x50", "fanout-200"]
-    assert [w.nodes for w in distributed.workloads(quick=False)] == [20, 35, 250, 1003]
+    assert names == ["chain-20", "chain-20 x10", "fanout-32", "diamond x50", "fanout-200"]
+    assert [w.nodes for w in distributed.workloads(quick=False)] == [20, 200, 35, 250, 1003]
+    assert [w.nodes for w in distributed.workloads(quick=False, big=True)][-1] == 10003
     assert percentile([1.0, 2.0, 3.0], 50) == 2.0 and percentile([], 95) == 0.0
 
 
