@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from pydantic import SecretStr
 
 
 @dataclass
@@ -25,13 +26,15 @@ class Traffic:
         return Traffic(self.requests - other.requests, self.written - other.written, self.read - other.read)
 
 
-def endpoint_of(connection_string: str) -> str:
+def endpoint_of(connection_string: str | SecretStr | None) -> str:
     """The AccountEndpoint of a Cosmos DB connection string, without a trailing slash."""
-    parts = dict(p.split("=", 1) for p in connection_string.split(";") if "=" in p)
+    # Settings hold the connection string as a SecretStr (its key must not show in a repr).
+    text = connection_string.get_secret_value() if isinstance(connection_string, SecretStr) else connection_string
+    parts = dict(p.split("=", 1) for p in (text or "").split(";") if "=" in p)
     return parts["AccountEndpoint"].rstrip("/")
 
 
-async def cosmos_traffic(connection_string: str, *, reset: bool = False) -> dict[str, Traffic]:
+async def cosmos_traffic(connection_string: str | SecretStr | None, *, reset: bool = False) -> dict[str, Traffic]:
     """The stand-in's counters by database name (then zeroed, with reset)."""
     url = endpoint_of(connection_string) + "/_flowcraft/traffic" + ("?reset=1" if reset else "")
     async with aiohttp.ClientSession() as session, session.get(url, ssl=False) as response:
@@ -41,6 +44,6 @@ async def cosmos_traffic(connection_string: str, *, reset: bool = False) -> dict
             for db, v in data.items()}
 
 
-async def database_traffic(connection_string: str, database: str) -> Traffic:
+async def database_traffic(connection_string: str | SecretStr | None, database: str) -> Traffic:
     """The counters of one database (zero when it had no traffic yet)."""
     return (await cosmos_traffic(connection_string)).get(database, Traffic())
