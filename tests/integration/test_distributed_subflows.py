@@ -18,6 +18,7 @@ from helpers import wait_until
 from flowcraft_core import CollectingEventBus
 from flowcraft_core.azure.queue import AzureJobQueue
 from flowcraft_core.azure.services import AzureServices
+from flowcraft_core.http_api import get_run, purge
 from flowcraft_core.nodes import NodeContext, NodeResult
 from flowcraft_core.protocols import Job
 
@@ -156,9 +157,21 @@ async def test_twenty_subflows_under_an_all_join(distributed: Distributed) -> No
     context = status["result"]["context"]
     assert {f"r{i:02d}": context[f"r{i:02d}"] for i in range(20)} == {f"r{i:02d}": 2 * i for i in range(20)}
     assert calls.of_node("join") == 1
-    children = await services.adapter.engine.children.children_of(top)
+    code, view = await get_run(services, top)
+    assert code == 200
+    children = view["children"]
     assert len(children) == 20 and {c["status"] for c in children} == {"completed"}
+    assert sorted(c["nodeId"] for c in children) == [f"s{i:02d}" for i in range(20)]
     assert len({c["runId"] for c in children}) == 20
+    code, child_view = await get_run(services, children[0]["runId"])
+    assert child_view["parentRunId"] == top and child_view["parentNodeId"] == children[0]["nodeId"]
+
+    # Purging the parent purges its children.
+    await purge(services, top)
+    for child in children:
+        assert await services.adapter.get_status(child["runId"]) is None
+        assert await services.adapter.run_store.load(child["runId"]) is None
+    assert await services.adapter.get_status(top) is None
 
 
 class DoublingQueue:
