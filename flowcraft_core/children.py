@@ -125,7 +125,8 @@ class ChildRuns:
         with contextlib.suppress(RunStateError):
             await engine.status_store.create(run_id, blueprint_id, created, extra=link.to_status())
         try:
-            await engine.run_store.create_run(RunHeader(run_id, blueprint_id, graph.version, created, context))
+            await engine.run_store.create_run(RunHeader(run_id, blueprint_id, graph.version, created, context,
+                                                        parent=link.to_status()))
         except RunStateError:
             # Started by an earlier delivery; if it died before enqueuing the entry nodes, the child's
             # reconciliation enqueues them (a second enqueue here would run them twice).
@@ -216,7 +217,7 @@ class ChildRuns:
         except ExpressionError as exc:
             return NodeRecord(node_id=node.id, iteration=record.iteration, status="failed",
                               error=NodeExecutionError(node.id, str(exc), record.attempts).to_dict(),
-                              attempts=record.attempts)
+                              attempts=record.attempts, started_at=record.started_at, finished_at=_now_ms())
         for event in plan.events:
             event["payload"]["runId"] = state.header.run_id
             await engine.events.emit(event)
@@ -225,7 +226,8 @@ class ChildRuns:
             "attempts": int(info.get("attempt", 1))}})
         return NodeRecord(node_id=node.id, iteration=record.iteration, status="completed", output=output,
                           changes={**changes, **plan.inputs}, deletes=record.deletes, routes=plan.routes,
-                          attempts=int(info.get("attempt", 1)))
+                          attempts=int(info.get("attempt", 1)), started_at=record.started_at,
+                          finished_at=_now_ms())
 
     async def _retry(self, state: RunState, node: NodeDefinition, record: NodeRecord, job: Job,
                      status: Mapping[str, Any]) -> NodeRecord:
@@ -237,7 +239,8 @@ class ChildRuns:
         info.update({"runId": run_id, "attempt": attempt, "runs": [*info.get("runs", []), run_id]})
         _set_deadline(info, node)
         nxt = NodeRecord(node_id=node.id, iteration=record.iteration, status=CHILD, changes=record.changes,
-                         deletes=record.deletes, attempts=record.attempts, child=info, delivery=record.delivery)
+                         deletes=record.deletes, attempts=record.attempts, child=info, delivery=record.delivery,
+                         started_at=record.started_at)
         await engine.events.emit({"type": "node:retry", "payload": {
             "runId": job.run_id, "nodeId": node.id, "attempt": attempt - 1, "error": _child_detail(status)}})
         if not await engine.run_store.replace(job.run_id, nxt, expected_status=CHILD):
@@ -284,11 +287,14 @@ class ChildRuns:
         err = NodeExecutionError(node.id, _child_detail(status), attempt).to_dict()
         err["childRunId"] = status.get("runId")
         return NodeRecord(node_id=node.id, iteration=record.iteration, status="failed", error=err,
-                          attempts=attempt)
+                          attempts=attempt, started_at=record.started_at, finished_at=_now_ms())
 
     # ------------------------------------------------------------------ status and notification
-    async def notify_parent(self, run_id: str, item: Mapping[str, Any] | None = None) -> None:
+    async def notify_parent(self, run_id: str, item: Mapping[str, Any] | None = None, *,
+                            header: RunHeader | None = None) -> None:
         """Enqueue the parent node's continuation when this run is a child (after it changed)."""
+        if header is not None:
+            item = header.parent or {}  # the run's own header says whether it has a parent: no read
         if item is None:
             item = await self.engine.status_store.get(run_id)
         link = ParentLink.from_status(item)
@@ -397,6 +403,11 @@ def _set_deadline(info: dict[str, Any], node: NodeDefinition) -> None:
         info.pop("deadline", None)
     else:
         info["deadline"] = time.time() + timeout / 1000
+
+
+def _now_ms() -> int:
+    """Epoch milliseconds, as node records keep their timings (the history's startedAt/finishedAt)."""
+    return time.time_ns() // 1_000_000
 
 
 def _child_value(context: Mapping[str, Any], key: str) -> Any:

@@ -421,7 +421,7 @@ class Engine:
             await self.status_store.set_status(job.run_id, "awaiting", extra={"awaiting": _awaiting(state, record)})
             await self.events.emit({"type": "workflow:awaiting", "payload": {"runId": job.run_id,
                                                                              "nodeId": job.node_id}})
-            await self.children.notify_parent(job.run_id)
+            await self.children.notify_parent(job.run_id, header=state.header)
             return JobOutcome("awaiting", job.run_id, job.node_id, executed=executed)
         if record.wake_at is not None and record.wake_at > time.time():
             await self._enqueue(job, delay_seconds=record.wake_at - time.time())
@@ -746,7 +746,7 @@ class Engine:
             logger.info("run %s completed (%d node executions)", run_id, len(state.records))
             await self.coordination.forget_run(run_id)
             self.run_store.forget(run_id)
-            await self.children.notify_parent(run_id)
+            await self.children.notify_parent(run_id, header=state.header)
 
     async def _fail_run(self, run_id: str, reason: str, errors: list[dict[str, Any]] | None = None) -> None:
         await self.run_store.mark(run_id, "failed", {"reason": reason, "errors": errors or []})

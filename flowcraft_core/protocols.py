@@ -169,6 +169,9 @@ class RunHeader:
     blueprint_version: str
     created_at: float
     initial_context: dict[str, Any] = field(default_factory=dict)
+    # A child run's link to its parent (the fields its status item carries too): kept with the run so
+    # that ending a run needs no status read to learn whether a parent waits for it.
+    parent: dict[str, Any] | None = None
 
 
 @dataclass

@@ -127,6 +127,8 @@ class CosmosRunStore:
         body = {"id": HEADER_ID, "runId": header.run_id, "kind": "header", "blueprintId": header.blueprint_id,
                 "blueprintVersion": header.blueprint_version, "createdAt": header.created_at,
                 "initialContext": header.initial_context}
+        if header.parent:
+            body["parent"] = header.parent
         self.counter.add("create")
         try:
             await self.container.create_item(body, no_response=True)
