@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from . import json_policy
+from .children import CHILD, SUBFLOW_DIRECTIVE, ChildRuns, child_record
 from .context import NodeContextView
 from .errors import (
     BlueprintError,
@@ -183,6 +184,7 @@ class Engine:
         # such a run that was still executing commits nothing (its snapshot predates the stop).
         self._stopped_runs: dict[str, None] = {}
         self.fault_hook: FaultHook | None = self.options.fault_hook
+        self.children = ChildRuns(self)
         deployed = dict(blueprints or {})
         for bp in deployed.values():
             # At start-up a broken blueprint is logged (once, by id) and refused, the others still serve;
@@ -273,10 +275,14 @@ class Engine:
         self._note_stopped(run_id)
         for signal in self._signals.get(run_id, set()):
             signal.cancel(reason)
-        if await self.status_store.finalize(run_id, "cancelled", reason=reason):
+        finalized = await self.status_store.finalize(run_id, "cancelled", reason=reason)
+        if finalized:
             await self.events.emit({"type": "workflow:cancelled", "payload": {"runId": run_id, "reason": reason}})
             logger.info("run %s cancelled: %s", run_id, reason)
         await self.coordination.forget_run(run_id)
+        await self.children.cancel_children(run_id, reason)
+        if finalized:
+            await self.children.notify_parent(run_id)
 
     def signal_run(self, run_id: str, reason: str) -> None:
         """Tell this process's running nodes of a run that it was stopped elsewhere."""
@@ -294,6 +300,12 @@ class Engine:
             raise RunStateError(f"run {run_id!r} has ended")
         waiting = [r for r in waiting_records(state) if node_id is None or r.node_id == node_id]
         if not waiting:
+            # Not a node of this run: perhaps one of a child run that awaits (see flowcraft_core.children).
+            child = await self.children.awaiting_child(state, node_id)
+            if child is not None:
+                subflow_node = state.record(node_id) if node_id is not None else None
+                inner = None if subflow_node is not None and subflow_node.status == CHILD else node_id
+                return await self.resume(child, action, output, inner)
             what = f"node {node_id!r} of run {run_id!r} is" if node_id else f"run {run_id!r} is"
             raise RunStateError(f"{what} not awaiting input")
         if len(waiting) > 1:
@@ -313,13 +325,10 @@ class Engine:
                           finished_at=time.time_ns() // 1_000_000)
         if not await self.run_store.replace(run_id, done, expected_status="awaiting"):
             raise RunStateError(f"node {rec.node_id!r} of run {run_id!r} was resumed concurrently")
-        # Like handle_job, the run stays "awaiting" while any node still waits for input; otherwise
-        # nothing would set it back once the resumed branch ends, and the run would look stalled.
-        still = sorted(r.node_id for r in waiting_records(state) if r.key != rec.key)
-        if still:
-            await self.status_store.set_status(run_id, "awaiting", extra={"awaiting": still})
-        else:
-            await self.status_store.set_status(run_id, "running", extra={"awaiting": []})
+        # Like handle_job, the run stays "awaiting" while any node (or child run) still waits for input;
+        # otherwise nothing would set it back once the resumed branch ends, and the run would look
+        # stalled. A child's parent hears of the change and follows.
+        await self.children.refresh_status(run_id)
         await self._enqueue(Job(run_id, state.header.blueprint_id, rec.node_id, rec.iteration))
         logger.info("run %s resumed at node %s with action %r", run_id, rec.node_id, action)
         return rec.node_id
@@ -396,6 +405,12 @@ class Engine:
                 await self._emit_changes(job, record)
         await self._maybe_touch(job.run_id, state.header.created_at)
 
+        if record.status == CHILD or (record.child is not None and replay):
+            child_outcome = await self._advance_child(state, graph, node, record, job, delivery_id, executed)
+            if isinstance(child_outcome, JobOutcome):
+                return child_outcome
+            record, replay = child_outcome
+
         if record.status == "failed":
             err = record.error or {}
             await self._fail_run(job.run_id, f"node {record.node_id!r} failed on attempt "
@@ -406,6 +421,7 @@ class Engine:
             await self.status_store.set_status(job.run_id, "awaiting", extra={"awaiting": _awaiting(state, record)})
             await self.events.emit({"type": "workflow:awaiting", "payload": {"runId": job.run_id,
                                                                              "nodeId": job.node_id}})
+            await self.children.notify_parent(job.run_id, header=state.header)
             return JobOutcome("awaiting", job.run_id, job.node_id, executed=executed)
         if record.wake_at is not None and record.wake_at > time.time():
             await self._enqueue(job, delay_seconds=record.wake_at - time.time())
@@ -454,6 +470,12 @@ class Engine:
                 await self._fail_run(run_id, f"node {rec.node_id!r} failed: {err.get('message')}", errors=[err])
                 return 0
             if rec.status == "awaiting":
+                continue
+            if rec.status == CHILD:
+                # A continuation asks the child's status: it repairs one lost between the child's end
+                # and this run's commit, and is a no-op while the child runs.
+                enqueued.append(await self._enqueue(Job(run_id, state.header.blueprint_id, rec.node_id,
+                                                        rec.iteration)))
                 continue
             if rec.wake_at is not None and rec.wake_at > time.time():
                 # Its delayed wake-up message is on the queue; once the wake time has passed without
@@ -505,6 +527,10 @@ class Engine:
         result = outcome.result
         changes, deletes = view.changes()
         directives = result.directives
+        if directives.get(SUBFLOW_DIRECTIVE):
+            return child_record(node, job, directives[SUBFLOW_DIRECTIVE],
+                                NodeRecord(node_id=node.id, iteration=job.iteration, changes=changes,
+                                           deletes=deletes, attempts=outcome.attempts))
         if directives.get("await"):
             return NodeRecord(node_id=node.id, iteration=job.iteration, status="awaiting", changes=changes,
                               deletes=deletes, attempts=outcome.attempts,
@@ -720,6 +746,7 @@ class Engine:
             logger.info("run %s completed (%d node executions)", run_id, len(state.records))
             await self.coordination.forget_run(run_id)
             self.run_store.forget(run_id)
+            await self.children.notify_parent(run_id, header=state.header)
 
     async def _fail_run(self, run_id: str, reason: str, errors: list[dict[str, Any]] | None = None) -> None:
         await self.run_store.mark(run_id, "failed", {"reason": reason, "errors": errors or []})
@@ -735,6 +762,42 @@ class Engine:
                                                                            "reason": reason}})
             logger.warning("run %s failed: %s", run_id, reason)
             await self.coordination.forget_run(run_id)
+            await self.children.cancel_children(run_id, reason)
+            await self.children.notify_parent(run_id)
+
+    async def _advance_child(self, state: RunState, graph: CompiledGraph, node: NodeDefinition,
+                             record: NodeRecord, job: Job, delivery_id: str | None,
+                             executed: bool) -> tuple[NodeRecord, bool] | JobOutcome:
+        """A subflow node's job: start or follow its child run (flowcraft_core.children).
+
+        Returns the record to go on with, and whether routing it is a replay, when this delivery
+        resolved it (the child ended); else the outcome of this job: still waiting on the child, or a
+        duplicate that must not route.
+        """
+        if record.status == CHILD:
+            record, resolved = await self.children.advance(state, graph, node, record, job, delivery_id)
+            if record.status == CHILD:
+                return JobOutcome("waiting", job.run_id, job.node_id,
+                                  f"waiting on child run {(record.child or {}).get('runId')}", executed=executed)
+            if resolved:
+                return record, False
+        if delivery_id is not None and record.delivery == delivery_id:
+            return record, True  # this message resolved it before its worker died: it routes it now
+        # Resolved by another continuation, which routes it (or the reconciler, if that one died).
+        return JobOutcome("completed", job.run_id, job.node_id, "duplicate continuation", executed=executed)
+
+    async def enqueue_job(self, job: Job, *, delay_seconds: float = 0) -> str:
+        """Send a job (with its event); what the engine's own steps use."""
+        return await self._enqueue(job, delay_seconds=delay_seconds)
+
+    async def emit_changes(self, job: Job, record: NodeRecord) -> None:
+        """Emit the context:change events of a committed record."""
+        await self._emit_changes(job, record)
+
+    async def execute_node(self, state: RunState, graph: CompiledGraph, node: NodeDefinition,
+                           job: Job) -> NodeRecord:
+        """Execute a node on a run snapshot and return its (uncommitted) record."""
+        return await self._execute(state, graph, node, job)
 
     def _note_stopped(self, run_id: str) -> None:
         self._stopped_runs[run_id] = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .builtins.names import BATCH_GATHER
 from .graph import CompiledGraph, entry_node_ids
 from .models import NodeDefinition
-from .protocols import RunState, job_key
+from .protocols import PENDING_RECORD_STATUSES, RunState, job_key
 
 # How far the release check walks up through predecessors without records before it gives up and
 # assumes they are dead (lenient: it never refuses a join the gates legitimately released).
@@ -32,7 +32,7 @@ def unfinished_work(state: RunState, graph: CompiledGraph, now: float) -> list[s
         if state.record(node_id) is None:
             owed.add(job_key(node_id))
     for rec in state.records.values():
-        if rec.status == "awaiting":
+        if rec.status in PENDING_RECORD_STATUSES:
             owed.add(rec.key)
             continue
         if rec.status != "completed":
@@ -115,7 +115,7 @@ def _arrived_or_dead(state: RunState, graph: CompiledGraph, pred: str, target: s
     pred_it = graph.truncate_iteration(target, target_it, graph.depth(pred))
     rec = state.record(pred, pred_it)
     if rec is not None:
-        return rec.status != "awaiting"
+        return rec.status not in PENDING_RECORD_STATUSES
     return _dead(state, graph, pred, pred_it, memo)
 
 
@@ -142,7 +142,7 @@ def _dead(state: RunState, graph: CompiledGraph, node_id: str, iteration: int,
             source_it = graph.truncate_iteration(node_id, iteration, graph.depth(source))
             rec = state.record(source, source_it)
             if rec is not None:
-                if rec.status == "awaiting" or any(r.target == node_id and r.taken for r in rec.routes):
+                if rec.status in PENDING_RECORD_STATUSES or any(r.target == node_id and r.taken for r in rec.routes):
                     result = False
                     break
             elif not _dead(state, graph, source, source_it, memo):

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, get_args
@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import json_policy
-from .builtins.names import WEBHOOK
+from .builtins.names import SUBFLOW, WEBHOOK
 from .engine import RUN_ID_PATTERN, validate_run_id
 from .errors import BlueprintError, FlowcraftError, RunStateError, UnknownRunError
 from .openapi import build_document
@@ -196,6 +196,15 @@ class RunView(_ResponseModel):
                                   "Failed: {errors} with the failing node, message and attempt.")
     reason: str | None = Field(default=None, description="Why the run failed or was cancelled.")
     awaiting: list[str] | None = Field(default=None, description="Nodes waiting for resume or a webhook call.")
+    awaiting_children: list[dict[str, Any]] | None = Field(
+        default=None, alias="awaitingChildren",
+        description="Child runs (subflows) that await input: {runId, nodeId (the subflow node), awaiting}.")
+    parent_run_id: str | None = Field(default=None, alias="parentRunId",
+                                      description="A child run's parent run (a subflow node of it).")
+    parent_node_id: str | None = Field(default=None, alias="parentNodeId",
+                                       description="A child run's subflow node in its parent.")
+    children: list[dict[str, Any]] | None = Field(
+        default=None, description="A parent's child runs: {runId, nodeId, iteration, attempt, status}.")
 
 
 class RunSummary(_ResponseModel):
@@ -417,22 +426,23 @@ def iso_utc(value: Any) -> str | None:
         return None
 
 
-def run_view(item: Mapping[str, Any]) -> dict[str, Any]:
+def run_view(item: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The public shape of a status item: documented fields only, timestamps as ISO strings.
 
     Never raises on odd stored data (nested too deep to serialize, a value of the wrong type): the view
     is then built from a sanitized copy (json_policy.sanitize), so a run stays readable whatever it holds.
     """
     try:
-        return _run_view(item)
+        return _run_view(item, children)
     except Exception as exc:
         logger.warning("run %s: its status item needed sanitizing to be shown: %s",
                        json_policy.sanitize(item.get("runId") or item.get("id")), _describe(exc))
-        return _run_view(json_policy.sanitize(dict(item)))
+        return _run_view(json_policy.sanitize(dict(item)), json_policy.sanitize(list(children)))
 
 
-def _run_view(item: Mapping[str, Any]) -> dict[str, Any]:
+def _run_view(item: Mapping[str, Any], children: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     status, result, awaiting = item.get("status"), item.get("result"), item.get("awaiting")
+    awaiting_children = item.get("awaitingChildren")
     view = RunView(
         run_id=str(item.get("runId") or item.get("id")),
         blueprint_id=_text_or_none(item.get("blueprintId")),
@@ -443,6 +453,11 @@ def _run_view(item: Mapping[str, Any]) -> dict[str, Any]:
         result=result if isinstance(result, dict) and result else None,
         reason=_text_or_none(item.get("reason")),
         awaiting=([str(n) for n in awaiting] or None) if status == "awaiting" and isinstance(awaiting, list) else None,
+        awaiting_children=((list(awaiting_children) or None)
+                           if status == "awaiting" and isinstance(awaiting_children, list) else None),
+        parent_run_id=_text_or_none(item.get("parentRunId")),
+        parent_node_id=_text_or_none(item.get("parentNodeId")),
+        children=list(children) if children else None,
     )
     return view.dump()
 
@@ -566,13 +581,22 @@ async def get_run(services: AzureServices, run_id: str, *, url: str | None = Non
     item = await services.adapter.run_result(run_id)
     if item is None:
         raise UnknownRunError(f"run {run_id!r} does not exist")
-    view = run_view(item)
+    view = run_view(item, await _children(services, item))
     if item.get("status") in FINAL_STATUSES:
         return 200, view
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     if url is not None:
         headers["Location"] = url
     return 202, Answer(view, headers)
+
+
+async def _children(services: AzureServices, item: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A parent's child runs; only runs of a blueprint with a subflow node pay for the read."""
+    engine = services.adapter.engine
+    blueprint = engine.blueprints.get(str(item.get("blueprintId")))
+    if blueprint is None or not any(node.uses == SUBFLOW for node in blueprint.nodes):
+        return []
+    return await engine.children.children_of(str(item.get("runId") or item.get("id")))
 
 
 async def list_runs_page(services: AzureServices, query: RunQuery, top: int, token: str | None) -> ApiResult:

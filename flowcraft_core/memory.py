@@ -102,7 +102,8 @@ class InMemoryStatusStore:
         self.items: dict[str, dict[str, Any]] = {}
         self.final_writes: dict[str, int] = {}
 
-    async def create(self, run_id: str, blueprint_id: str, created_at: float) -> None:
+    async def create(self, run_id: str, blueprint_id: str, created_at: float, *,
+                     extra: dict[str, Any] | None = None) -> None:
         """Create a running status item."""
         if run_id in self.items:
             raise RunStateError(f"run {run_id!r} already exists")
@@ -113,6 +114,7 @@ class InMemoryStatusStore:
             "status": "running",
             "createdAt": created_at,
             "lastUpdated": created_at,
+            **(extra or {}),
         }
 
     async def get(self, run_id: str) -> dict[str, Any] | None:

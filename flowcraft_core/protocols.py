@@ -11,7 +11,10 @@ from typing import Any, Literal, Protocol
 
 RunStatus = Literal["running", "awaiting", "completed", "failed", "cancelled", "stalled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
-RecordStatus = Literal["completed", "failed", "awaiting", "external"]
+# "child": a subflow node whose child run has not ended yet (see flowcraft_core.children).
+RecordStatus = Literal["completed", "failed", "awaiting", "external", "child"]
+# Records of executions that started and still owe their end: input to a wait, or a child run's end.
+PENDING_RECORD_STATUSES: frozenset[str] = frozenset({"awaiting", "child"})
 GateDecision = Literal["fire", "skip", "wait"]
 
 
@@ -94,6 +97,9 @@ class NodeRecord:
     # When the execution started and its record was made (epoch milliseconds), for the run's history.
     started_at: int | None = None
     finished_at: int | None = None
+    # A subflow node's child run: {"runId", "blueprintId", "attempt", "runs" (every attempt's run id),
+    # "context" (the child's initial context), "input"}; kept once the node completed.
+    child: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
@@ -122,6 +128,8 @@ class NodeRecord:
             data["wakeAt"] = self.wake_at
         if self.delivery is not None:
             data["delivery"] = self.delivery
+        if self.child is not None:
+            data["child"] = self.child
         if self.started_at is not None:
             data["startedAt"] = self.started_at
         if self.finished_at is not None:
@@ -148,6 +156,7 @@ class NodeRecord:
             delivery=data.get("delivery"),
             started_at=data.get("startedAt"),
             finished_at=data.get("finishedAt"),
+            child=data.get("child"),
         )
 
 
@@ -160,6 +169,9 @@ class RunHeader:
     blueprint_version: str
     created_at: float
     initial_context: dict[str, Any] = field(default_factory=dict)
+    # A child run's link to its parent (the fields its status item carries too): kept with the run so
+    # that ending a run needs no status read to learn whether a parent waits for it.
+    parent: dict[str, Any] | None = None
 
 
 @dataclass
@@ -259,8 +271,9 @@ class RunStore(Protocol):
 class StatusStore(Protocol):
     """The status item of each run, polled by clients and scanned by the reconciler."""
 
-    async def create(self, run_id: str, blueprint_id: str, created_at: float) -> None:
-        """Create a running status item; raise RunStateError when the id is taken."""
+    async def create(self, run_id: str, blueprint_id: str, created_at: float, *,
+                     extra: dict[str, Any] | None = None) -> None:
+        """Create a running status item (with extra fields, e.g. a child's parent); RunStateError when taken."""
 
     async def get(self, run_id: str) -> dict[str, Any] | None:
         """The status item, or None."""

@@ -109,7 +109,17 @@ async def purge_run(stores: PurgeStores, run_id: str, *, status: dict[str, Any] 
     if item.get("status") not in FINAL_STATUSES:
         raise RunStateError(f"run {run_id!r} is {item.get('status')}: only an ended run can be purged "
                             "(cancel it first)")
-    count = await stores.run_store.delete_run(run_id)
+    count = 0
+    state = await stores.run_store.load(run_id)
+    for rec in state.records.values() if state is not None else ():
+        # A parent's child runs (subflows, every attempt) go first: a purge interrupted half way still
+        # lists the parent, whose next purge finds the children left.
+        for child_id in (rec.child or {}).get("runs") or ():
+            try:
+                count += await purge_run(stores, str(child_id))
+            except UnknownRunError:
+                continue
+    count += await stores.run_store.delete_run(run_id)
     await stores.coordination.purge_run(run_id)
     if await stores.status_store.delete(run_id):
         count += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,10 +43,15 @@ class WorkflowResult:
 
 
 class _PerRunQueue:
-    """One asyncio queue per run, so concurrent runs on one runtime drive only their own jobs."""
+    """One asyncio queue per top-level run, so concurrent runs on one runtime drive only their own jobs.
+
+    A child run's jobs (subflows) go to its top-level run's queue: one driver runs the whole family, and
+    a child's end reaches the parent node's continuation on the same queue.
+    """
 
     def __init__(self) -> None:
         self.queues: dict[str, InMemoryJobQueue] = {}
+        self.root_of: Callable[[str], Awaitable[str]] | None = None
 
     def for_run(self, run_id: str) -> InMemoryJobQueue:
         queue = self.queues.get(run_id)
@@ -55,13 +60,14 @@ class _PerRunQueue:
         return queue
 
     async def enqueue(self, job: Job, *, delay_seconds: float = 0) -> None:
-        await self.for_run(job.run_id).enqueue(job, delay_seconds=delay_seconds)
+        root = await self.root_of(job.run_id) if self.root_of is not None else job.run_id
+        await self.for_run(root).enqueue(job, delay_seconds=delay_seconds)
 
 
 class _RuntimeStatusStore(InMemoryStatusStore):
     """The in-memory status store, telling the runtime when a run reached its final status."""
 
-    def __init__(self, on_final: Callable[[str], None]) -> None:
+    def __init__(self, on_final: Callable[[str, str, bool], None]) -> None:
         super().__init__()
         self._on_final = on_final
 
@@ -70,7 +76,7 @@ class _RuntimeStatusStore(InMemoryStatusStore):
         """Write the final status once, then stop the run's delayed jobs (a pending sleep)."""
         done = await super().finalize(run_id, status, result=result, reason=reason)
         if done:
-            self._on_final(run_id)
+            self._on_final(run_id, status, bool(self.items[run_id].get("parentRunId")))
         return done
 
 
@@ -97,13 +103,33 @@ class FlowRuntime:
             dependencies=dependencies, options=options,
         )
         self.concurrency = max(1, concurrency)
+        self._queues.root_of = self._root
+        self._job_tasks: dict[str, set[asyncio.Task[None]]] = {}
 
-    def _run_ended(self, run_id: str) -> None:
+    async def _root(self, run_id: str) -> str:
+        """The top-level run of a (child) run: its parents' chain read from the status items."""
+        seen = {run_id}
+        while True:
+            item = await self.engine.status_store.get(run_id)
+            parent = (item or {}).get("parentRunId")
+            if not parent or parent in seen:
+                return run_id
+            seen.add(parent)
+            run_id = str(parent)
+
+    def _run_ended(self, run_id: str, status: str, is_child: bool) -> None:
         # A cancelled or failed run may still have a sleeping branch: drop its delayed job and wake
-        # the driver, which would otherwise wait for it.
+        # the driver, which would otherwise wait for it. (A child run has no queue of its own.)
         queue = self._queues.queues.get(run_id)
         if queue is not None:
             queue.close()
+        if is_child and status == "cancelled":
+            # Its parent moved on (cancelled, failed, or the subflow node timed out): its nodes stop
+            # now, as they did when a child ran inside the parent's task.
+            current = asyncio.current_task()
+            for task in list(self._job_tasks.get(run_id, ())):
+                if task is not current:
+                    task.cancel()
 
     @property
     def blueprints(self) -> dict[str, WorkflowBlueprint]:
@@ -130,14 +156,14 @@ class FlowRuntime:
     async def _start(self, blueprint_id: str, context: Mapping[str, Any] | None, run_id: str | None) -> str:
         if run_id is None:
             return await self.engine.start_run(blueprint_id, context)
-        # Child runs of subflows use ids derived from the parent's, which may contain any node id.
         return await self.engine.start_run(blueprint_id, context, run_id, trusted_id=True)
 
     async def resume(self, run_id: str, action: str | None = None, output: Any = None,
                      node_id: str | None = None) -> WorkflowResult:
         """Continue an awaiting run with an action and output, and run it to its next stop."""
         await self.engine.resume(run_id, action, output, node_id)
-        await self._drive(run_id)
+        # A child run's resume continues its parents too: drive the whole family.
+        await self._drive(await self._root(run_id))
         return await self.result(run_id)
 
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> None:
@@ -166,9 +192,11 @@ class FlowRuntime:
         try:
             while True:
                 while not queue.queue.empty() and len(in_flight) < self.concurrency:
-                    task = asyncio.create_task(self._handle(queue.queue.get_nowait()))
+                    job = queue.queue.get_nowait()
+                    task = asyncio.create_task(self._handle(job))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
+                    self._track(job.run_id, task)
                 if not in_flight:
                     item = await self.engine.status_store.get(run_id)
                     if item is None or item["status"] in FINAL_STATUSES or queue.idle:
@@ -205,6 +233,17 @@ class FlowRuntime:
                     future.cancel()
             queue.close()
             self._queues.queues.pop(run_id, None)
+
+    def _track(self, run_id: str, task: asyncio.Task[None]) -> None:
+        tasks = self._job_tasks.setdefault(run_id, set())
+        tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            tasks.discard(finished)
+            if not tasks:
+                self._job_tasks.pop(run_id, None)
+
+        task.add_done_callback(done)
 
     async def _handle(self, job: Job) -> None:
         try:

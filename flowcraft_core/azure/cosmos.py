@@ -127,6 +127,8 @@ class CosmosRunStore:
         body = {"id": HEADER_ID, "runId": header.run_id, "kind": "header", "blueprintId": header.blueprint_id,
                 "blueprintVersion": header.blueprint_version, "createdAt": header.created_at,
                 "initialContext": header.initial_context}
+        if header.parent:
+            body["parent"] = header.parent
         self.counter.add("create")
         try:
             await self.container.create_item(body, no_response=True)
@@ -329,13 +331,14 @@ class CosmosStatusStore:
         return cls(_container(client, database, container), counter)
 
     @retry_transient("cosmos.create_status")
-    async def create(self, run_id: str, blueprint_id: str, created_at: float) -> None:
+    async def create(self, run_id: str, blueprint_id: str, created_at: float, *,
+                     extra: dict[str, Any] | None = None) -> None:
         """Create the running status item; RunStateError when it exists."""
         self.counter.add("create")
         try:
             await self.container.create_item({"id": run_id, "runId": run_id, "blueprintId": blueprint_id,
                                               "status": "running", "createdAt": created_at,
-                                              "lastUpdated": created_at})
+                                              "lastUpdated": created_at, **(extra or {})})
         except CosmosResourceExistsError:
             raise RunStateError(f"run {run_id!r} already exists") from None
 

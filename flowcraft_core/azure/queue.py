@@ -41,7 +41,7 @@ class JobMessage(BaseModel):
     @field_validator("run_id")
     @classmethod
     def _run_id_safe(cls, value: str) -> str:
-        # Child runs of subflows never reach the queue, so every queued run id is a user-facing one.
+        # Child runs of subflows get ids of the same alphabet (flowcraft_core.children.child_run_id).
         if not RUN_ID_PATTERN.match(value):
             raise ValueError("not a valid run id")
         return value

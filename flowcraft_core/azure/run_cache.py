@@ -84,7 +84,8 @@ class CachedRun:
         header = RunHeader(run_id=run_id, blueprint_id=header_item["blueprintId"],
                            blueprint_version=header_item["blueprintVersion"],
                            created_at=header_item["createdAt"],
-                           initial_context=header_item.get("initialContext") or {})
+                           initial_context=header_item.get("initialContext") or {},
+                           parent=header_item.get("parent") or None)
         entry = cls(run_id, header)
         entry.absorb(items)
         return entry

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any
 
-from ..context import input_key, output_key
+from ..children import SUBFLOW_DIRECTIVE, subflow_spec
+from ..context import output_key
 from ..errors import FlowcraftError
 from ..nodes import NodeContext, NodeResult
 from .durations import duration_ms
@@ -41,72 +40,25 @@ async def webhook_node(ctx: NodeContext) -> NodeResult:
     return NodeResult(directives={"await": "webhook"})
 
 
-def _child_value(context: dict[str, Any], key: str) -> Any:
-    value = context.get(output_key(key))
-    return context.get(key) if value is None else value
-
-
 async def subflow_node(ctx: NodeContext) -> NodeResult:
-    """Run another blueprint to completion and map its outputs back (inputs: child<-parent keys)."""
-    from ..runtime import FlowRuntime
+    """Start a child run of ``params.blueprintId`` (inputs: child<-parent keys); see flowcraft_core.children.
 
-    params = ctx.params
-    blueprint_id = params.get("blueprintId")
-    if blueprint_id is None:
-        raise FlowcraftError(f"subflow node {ctx.node_id!r} is missing params.blueprintId")
-    blueprint_id = str(blueprint_id)
-    engine = ctx.dependencies["runtime"]
-    if blueprint_id not in engine.blueprints:
-        raise FlowcraftError(f"subflow node {ctx.node_id!r}: blueprint {blueprint_id!r} is not registered")
-    child_bp = engine.blueprints[blueprint_id]
+    The node only says what to start; the engine commits it as a child run and completes the node
+    (outputs mapped back) when that run ends, without holding a worker meanwhile.
+    """
+    blueprint_id = subflow_spec(ctx.params, ctx.node_id, ctx.dependencies["runtime"].blueprints)
     initial: dict[str, Any] = {}
-    inputs = params.get("inputs")
+    inputs = ctx.params.get("inputs")
     if isinstance(inputs, dict):
         for child_key, parent_key in inputs.items():
             value = await ctx.context.get(str(parent_key))
             if value is None:
                 value = await ctx.context.get(output_key(str(parent_key)))
-            initial[child_key] = value
-    elif ctx.input is not None:
-        from ..graph import compile_graph
-
-        for start in compile_graph(child_bp).start_node_ids:
-            initial[input_key(start)] = ctx.input
-
-    child = FlowRuntime(registry=engine.registry,
-                        dependencies={k: v for k, v in engine.dependencies.items() if k != "runtime"},
-                        evaluator=engine.evaluator, event_bus=engine.events, middleware=engine.middleware)
-    # The parent's blueprints were linted when registered: share them instead of linting every one again
-    # for each child run.
-    child.engine.blueprints.update(engine.blueprints)
-    child.engine.broken.update(engine.broken)
-    run_id = f"{ctx.run_id}.{ctx.node_id}"
-    watcher = asyncio.create_task(_forward_cancel(ctx, child, run_id))
-    try:
-        result = await child.run(blueprint_id, initial, run_id=run_id, _trusted_id=True)
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-    if result.status != "completed":
-        detail = result.errors[0].get("message") if result.errors else result.reason
-        raise FlowcraftError(f"subflow {blueprint_id!r} ended {result.status}: {detail}")
-    final = result.context
-    outputs = params.get("outputs")
-    if isinstance(outputs, dict) and outputs:
-        for parent_key, child_key in outputs.items():
-            await ctx.context.set(str(parent_key), _child_value(final, str(child_key)))
-        return NodeResult(output=final)
-    terminals = child.engine.graph(blueprint_id).terminal_node_ids
-    if len(terminals) == 1:
-        return NodeResult(output=final.get(output_key(terminals[0])))
-    return NodeResult(output={t: final.get(output_key(t)) for t in terminals})
-
-
-async def _forward_cancel(ctx: NodeContext, child: Any, run_id: str) -> None:
-    await ctx.signal.wait()
-    with contextlib.suppress(FlowcraftError):
-        await child.cancel(run_id, ctx.signal.reason or "parent run cancelled")
+            initial[str(child_key)] = value
+    spec: dict[str, Any] = {"blueprintId": blueprint_id, "context": initial}
+    if not isinstance(inputs, dict) and ctx.input is not None:
+        spec["input"] = ctx.input
+    return NodeResult(directives={SUBFLOW_DIRECTIVE: spec})
 
 
 async def batch_scatter_node(ctx: NodeContext) -> NodeResult:

@@ -46,4 +46,13 @@ blueprints: dict[str, WorkflowBlueprint] = {
                   {"id": "last", "uses": "quick"}],
         "edges": [{"source": "first", "target": "slow"}, {"source": "slow", "target": "last"}],
     }),
+    # the same steps as a child run of a subflow node (the kill lands while the child runs)
+    "crash-parent": WorkflowBlueprint.model_validate({
+        "id": "crash-parent",
+        "nodes": [{"id": "before", "uses": "quick"},
+                  {"id": "sub", "uses": "subflow",
+                   "params": {"blueprintId": "crash", "outputs": {"childLast": "last"}}},
+                  {"id": "after", "uses": "quick"}],
+        "edges": [{"source": "before", "target": "sub"}, {"source": "sub", "target": "after"}],
+    }),
 }

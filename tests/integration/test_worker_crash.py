@@ -28,6 +28,7 @@ from helpers import AzureTestEnv, wait_until
 
 from flowcraft_core.azure.queue import parse_job
 from flowcraft_core.azure.services import AzureServices
+from flowcraft_core.children import child_run_id
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -128,6 +129,33 @@ async def test_killed_worker_s_job_is_picked_up_by_a_new_worker(distributed: Dis
     assert context["_outputs.slow"] == {"node": "slow", "pid": survivor.pid, "after": "restart"}
     assert context["_outputs.last"]["pid"] == survivor.pid
     assert marker(workers, run_id, "slow", "resumed").read_text() == str(survivor.pid)
+
+
+async def test_worker_killed_while_a_child_run_runs(distributed: Distributed, workers: Workers) -> None:
+    """The child resumes on a new worker, the parent completes, outputs are mapped once (issue 11)."""
+    services = await client(distributed)
+    doomed = workers.start()
+    run_id = await services.adapter.start_run("crash-parent", {"case": "child"})
+    child_id = child_run_id(run_id, "sub")
+
+    started = marker(workers, child_id, "slow", "started")
+    await wait_until(started.exists, timeout=STARTUP_TIMEOUT, interval=0.05,
+                     message=f"the child's slow node started in the first worker\n{workers.logs()}")
+    workers.kill(doomed)
+    child = await services.adapter.get_status(child_id)
+    assert child is not None and child["status"] == "running" and child["parentRunId"] == run_id
+
+    survivor = workers.start()
+    final = await services.adapter.wait_for_run(run_id, timeout=STARTUP_TIMEOUT, interval=0.1)
+
+    assert final["status"] == "completed", f"{final}\n{workers.logs()}"
+    context = final["result"]["context"]
+    assert context["childLast"]["pid"] == survivor.pid
+    assert context["_outputs.after"]["pid"] == survivor.pid
+    assert marker(workers, child_id, "slow", "resumed").read_text() == str(survivor.pid)
+    state = await services.adapter.run_store.load(run_id)
+    assert state is not None and sorted(state.records) == ["0:after", "0:before", "0:sub"]
+    assert state.records["0:sub"].child is not None and state.records["0:sub"].child["runs"] == [child_id]
 
 
 async def test_reconciler_resumes_a_run_whose_job_was_lost_with_its_worker(
