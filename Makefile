@@ -76,6 +76,7 @@ lint: deps
 bench: deps
 	$(PY) bench/inprocess.py
 	$(PY) bench/distributed.py
+	$(PY) bench/cosmos_latency.py
 
 # Not part of `make test` (which runs the fixed seed set in tests/differential): N more seeds from SEED,
 # distributed with faults; every disagreement is shrunk and printed. FUZZ_ARGS=--inprocess-only skips Azure.
