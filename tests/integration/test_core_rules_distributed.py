@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from harness import Distributed, blueprint
 from helpers import wait_until
 
@@ -22,6 +23,8 @@ from tests.core_rules import (
     assert_first_writer_won,
     spy_commits,
 )
+
+pytestmark = pytest.mark.core_rules
 
 RUN_TIMEOUT = 30.0
 

@@ -25,6 +25,8 @@ from flowcraft_core.errors import RunStateError
 from flowcraft_core.memory import InMemoryCoordinationStore, InMemoryRunStore, InMemoryStatusStore
 from flowcraft_core.protocols import CoordinationStore, NodeRecord, Route, RunHeader, RunStore, StatusStore
 
+pytestmark = pytest.mark.core_rules
+
 BACKENDS = ["memory", pytest.param("cosmos", marks=pytest.mark.emulators)]
 GATES = ["memory", pytest.param("redis", marks=pytest.mark.emulators)]
 TTL = 600

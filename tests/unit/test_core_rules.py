@@ -68,11 +68,54 @@ async def test_an_action_edge_needs_its_condition_too_else_the_default_edge_appl
         "edges": [{"source": "a", "target": "guarded", "action": "go", "condition": "flag == true"},
                   {"source": "a", "target": "fallback"}],
     }
+    bus = CollectingEventBus()
     result = await asyncio.wait_for(
-        FlowRuntime(registry={"router": router, "count": counting}).run(blueprint, {"flag": flag}), DEADLINE)
+        FlowRuntime(registry={"router": router, "count": counting}, event_bus=bus).run(blueprint, {"flag": flag}),
+        DEADLINE)
 
     assert result.status == "completed", result
     assert dict(counting.runs) == {taken: 1}
+    # The action edge's condition was evaluated, and the evaluation is reported.
+    assert [e["payload"] for e in bus.of_type("edge:evaluate")] == [{
+        "source": "a", "target": "guarded", "condition": "flag == true", "result": flag, "runId": result.run_id}]
+
+
+async def test_conditions_and_transforms_see_the_result_action_and_the_node_input() -> None:
+    counting = Counting()
+
+    async def router(ctx: NodeContext) -> NodeResult:
+        return NodeResult(output={"n": ctx.input["n"] + 1}, action="go")
+
+    blueprint = {
+        "id": "scope",
+        "nodes": [{"id": "start", "uses": "start"}, {"id": "a", "uses": "router"},
+                  {"id": "by_action", "uses": "count"}, {"id": "never", "uses": "count"}],
+        "edges": [{"source": "start", "target": "a"},
+                  {"source": "a", "target": "by_action", "condition": "result.action == 'go'",
+                   "transform": "{'before': nodeInput['n'], 'after': input['n']}"},
+                  {"source": "a", "target": "never", "condition": "result.action != 'go'"}],
+    }
+
+    async def start(ctx: NodeContext) -> NodeResult:
+        return NodeResult(output={"n": 1})
+
+    result = await asyncio.wait_for(
+        FlowRuntime(registry={"start": start, "router": router, "count": counting}).run(blueprint), DEADLINE)
+
+    assert result.status == "completed", result
+    assert dict(counting.runs) == {"by_action": 1}
+    assert counting.inputs["by_action"] == [{"before": 1, "after": 2}]
+
+
+async def test_a_failing_transform_fails_the_run_naming_the_edge() -> None:
+    counting = Counting()
+    blueprint = {"id": "bad-transform", "nodes": [{"id": "a", "uses": "count"}, {"id": "b", "uses": "count"}],
+                 "edges": [{"source": "a", "target": "b", "transform": "unknown_function(input)"}]}
+    result = await asyncio.wait_for(FlowRuntime(registry={"count": counting}).run(blueprint), DEADLINE)
+
+    assert result.status == "failed", result
+    assert "transform of edge a->b failed" in (result.reason or ""), result.reason
+    assert counting.runs["b"] == 0
 
 
 async def test_all_join_runs_once_only_after_every_branch_arrived() -> None:
