@@ -247,3 +247,38 @@ async def test_any_join_gate_fires_on_the_first_done_arrival_once(gates: Coordin
     assert await arrive("b", False) == ("wait", False)
     assert await arrive("c", True) == ("fire", True)
     assert await arrive("d", True) == ("fire", False)
+
+
+async def test_a_join_claim_is_held_by_one_token_and_returns_the_gate_arrivals(gates: CoordinationStore) -> None:
+    gate = "run-1|gate|0|e"
+    await gates.arrive(gate, "b", done=True, expected=3, strategy="all", ttl_seconds=TTL)
+    await gates.arrive(gate, "c", done=False, expected=3, strategy="all", ttl_seconds=TTL)
+    arrivals = {"b": True, "c": False}
+
+    assert await gates.claim("run-1", "0:e", "delivery-1", TTL, gate=gate) == (True, arrivals)
+    assert await gates.claim("run-1", "0:e", "delivery-1", TTL, gate=gate) == (True, arrivals)  # its redelivery
+    assert await gates.claim("run-1", "0:e", "delivery-2", TTL, gate=gate) == (False, arrivals)  # a duplicate
+
+
+async def test_terminals_resolve_once_every_expected_one_ended(gates: CoordinationStore) -> None:
+    assert await gates.resolve_terminal("run-1", "x", 2, TTL) is False
+    assert await gates.resolve_terminal("run-1", "x", 2, TTL) is False  # a duplicate counts once
+    assert await gates.resolve_terminal("run-2", "y", 2, TTL) is False  # another run's terminal
+    assert await gates.resolve_terminal("run-1", "y", 2, TTL) is True
+
+
+async def test_forget_run_drops_that_runs_gates_only(gates: CoordinationStore) -> None:
+    # (Join claims are not part of it: Redis lets them expire with their own short TTL.)
+    for run in ("run-1", "run-2"):
+        gate = f"{run}|gate|0|e"
+        assert await gates.arrive(gate, "b", done=True, expected=2, strategy="all", ttl_seconds=TTL) == ("wait", False)
+        assert (await gates.claim(run, "0:e", "old", TTL, gate=gate))[0] is True
+    await gates.forget_run("run-1")
+
+    # run-1's gate starts over (b's arrival is gone); run-2 keeps its arrival and its claim.
+    assert await gates.arrive("run-1|gate|0|e", "c", done=True, expected=2, strategy="all",
+                              ttl_seconds=TTL) == ("wait", False)
+    assert await gates.claim("run-1", "later", "new", TTL, gate="run-1|gate|0|e") == (True, {"c": True})
+    assert await gates.arrive("run-2|gate|0|e", "c", done=True, expected=2, strategy="all",
+                              ttl_seconds=TTL) == ("fire", True)
+    assert (await gates.claim("run-2", "0:e", "new", TTL, gate="run-2|gate|0|e"))[0] is False
