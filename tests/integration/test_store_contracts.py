@@ -192,6 +192,17 @@ async def test_one_final_status_among_concurrent_finalizes_exactly_one_wins(stat
     assert item is not None and (item["status"], item["reason"]) == won
 
 
+async def test_set_status_records_reason_and_extra_and_refreshes_last_updated(status_store: StatusStore) -> None:
+    await status_store.create("run-1", "bp", 1.0)
+    assert await status_store.set_status("run-1", "awaiting", reason="needs approval",
+                                         extra={"awaiting": ["approve"]}) is True
+    item = await status_store.get("run-1")
+    assert item is not None
+    assert (item["status"], item["reason"], item["awaiting"]) == ("awaiting", "needs approval", ["approve"])
+    assert isinstance(item["lastUpdated"], float) and item["lastUpdated"] > 1.0
+    assert item["createdAt"] == 1.0
+
+
 async def test_status_writes_to_an_unknown_run_return_false(status_store: StatusStore) -> None:
     assert await status_store.finalize("nope", "completed") is False
     assert await status_store.set_status("nope", "running") is False

@@ -153,3 +153,20 @@ async def test_all_join_runs_once_only_after_every_branch_arrived() -> None:
     assert result.status == "completed", result
     assert counting.runs["e"] == 1
     assert counting.inputs["e"] == [{"b": "B", "c": "C", "d": "D"}]
+
+
+async def test_a_run_completes_once_every_terminal_ran_or_was_skipped() -> None:
+    counting = Counting()
+
+    async def router(ctx: NodeContext) -> NodeResult:
+        return NodeResult(output="r", action="two")
+
+    # Three terminal branches behind a router: one runs, two are skipped, and each counts as ended.
+    blueprint = {"id": "terminals", "nodes": [{"id": "r", "uses": "router"}] + [
+        {"id": t, "uses": "count"} for t in ("one", "two", "three")],
+        "edges": [{"source": "r", "target": t, "action": t} for t in ("one", "two", "three")]}
+    result = await asyncio.wait_for(FlowRuntime(registry={"router": router, "count": counting}).run(blueprint),
+                                    DEADLINE)
+
+    assert result.status == "completed", result
+    assert dict(counting.runs) == {"two": 1}
