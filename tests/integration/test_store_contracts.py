@@ -203,6 +203,16 @@ async def test_set_status_records_reason_and_extra_and_refreshes_last_updated(st
     assert item["createdAt"] == 1.0
 
 
+async def test_the_final_status_drops_the_awaiting_list_and_refreshes_last_updated(status_store: StatusStore) -> None:
+    await status_store.create("run-1", "bp", 1.0)
+    await status_store.set_status("run-1", "awaiting", extra={"awaiting": ["approve"]})
+    assert await status_store.finalize("run-1", "completed", result={"context": {}, "errors": []}) is True
+    item = await status_store.get("run-1")
+    assert item is not None and item["status"] == "completed"
+    assert "awaiting" not in item
+    assert isinstance(item["lastUpdated"], float) and item["lastUpdated"] > 1.0
+
+
 async def test_status_writes_to_an_unknown_run_return_false(status_store: StatusStore) -> None:
     assert await status_store.finalize("nope", "completed") is False
     assert await status_store.set_status("nope", "running") is False
