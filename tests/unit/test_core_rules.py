@@ -110,7 +110,7 @@ async def test_conditions_and_transforms_see_the_result_action_and_the_node_inpu
 async def test_a_failing_transform_fails_the_run_naming_the_edge() -> None:
     counting = Counting()
     blueprint = {"id": "bad-transform", "nodes": [{"id": "a", "uses": "count"}, {"id": "b", "uses": "count"}],
-                 "edges": [{"source": "a", "target": "b", "transform": "unknown_function(input)"}]}
+                 "edges": [{"source": "a", "target": "b", "transform": "int(input)"}]}
     result = await asyncio.wait_for(FlowRuntime(registry={"count": counting}).run(blueprint), DEADLINE)
 
     assert result.status == "failed", result
