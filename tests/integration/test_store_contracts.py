@@ -303,3 +303,16 @@ async def test_forget_run_drops_that_runs_gates_only(gates: CoordinationStore) -
     assert await gates.arrive("run-2|gate|0|e", "c", done=True, expected=2, strategy="all",
                               ttl_seconds=TTL) == ("fire", True)
     assert (await gates.claim("run-2", "0:e", "new", TTL, gate="run-2|gate|0|e"))[0] is False
+
+
+async def test_any_join_gate_skips_once_every_branch_arrived_skipped(gates: CoordinationStore) -> None:
+    gate = "run-1|gate|0|e"
+    results = [await gates.arrive(gate, m, done=False, expected=2, strategy="any", ttl_seconds=TTL) for m in "bcb"]
+    assert results == [("wait", False), ("skip", True), ("skip", False)]
+
+
+async def test_a_done_arrival_is_not_undone_by_a_later_skip_of_the_same_member(gates: CoordinationStore) -> None:
+    gate = "run-1|gate|0|e"
+    assert await gates.arrive(gate, "b", done=True, expected=2, strategy="all", ttl_seconds=TTL) == ("wait", False)
+    assert await gates.arrive(gate, "b", done=False, expected=2, strategy="all", ttl_seconds=TTL) == ("wait", False)
+    assert await gates.arrive(gate, "c", done=False, expected=2, strategy="all", ttl_seconds=TTL) == ("fire", True)
