@@ -112,14 +112,14 @@ async def test_delete_message_removes_it_and_a_second_delete_is_404(queue_client
 
 
 async def test_send_with_visibility_timeout_delays_the_message(queue_client: QueueClient) -> None:
-    sent_at = time.monotonic()
-    await queue_client.send_message("wake up", visibility_timeout=2)
+    sent = await queue_client.send_message("wake up", visibility_timeout=2)
+    # The queue's own timestamps say when the message becomes visible: two seconds after insertion.
+    assert (sent.next_visible_on - sent.inserted_on).total_seconds() >= 2
     assert await queue_client.receive_message() is None
     assert await queue_client.peek_messages() == []  # invisible to peek as well
 
     msg = await wait_until(queue_client.receive_message, timeout=6, message="delayed message")
     assert msg.content == "wake up"
-    assert time.monotonic() - sent_at >= 1.5  # Azurite's clock has 1 s granularity
 
 
 async def test_message_limit_is_64_kib_after_base64(queue_client: QueueClient) -> None:
@@ -339,17 +339,6 @@ async def test_transactional_batch_fails_against_the_stand_in(runs: ContainerPro
         await runs.execute_item_batch([("upsert", ({"id": "b1", "runId": "r3"},))], partition_key="r3")
     # The stand-in cannot parse the batch's partition key header and crashes: a 500, not a 4xx.
     assert _status(failed.value) == 500
-
-
-async def test_cosmos_request_latency(runs: ContainerProxy) -> None:
-    await runs.upsert_item({"id": "a", "runId": "r1", "n": 0})
-    n = 30
-    started = time.perf_counter()
-    for _ in range(n):
-        await runs.read_item("a", partition_key="r1")
-    per_read_ms = (time.perf_counter() - started) / n * 1000
-    print(f"stand-in point read: {per_read_ms:.1f} ms")  # ~4 ms here with keep-alive (~11 without)
-    assert per_read_ms < 250  # generous: only catches a regression such as lost keep-alive plus load
 
 
 def _body(item: dict[str, Any]) -> dict[str, Any]:

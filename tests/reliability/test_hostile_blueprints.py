@@ -10,7 +10,6 @@ runs, and the same worker goes on to complete a good run. Run ids that Cosmos DB
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import pytest
@@ -85,7 +84,6 @@ async def test_hostile_expressions_fail_their_run_cleanly_and_the_worker_survive
         engine.blueprints[bp_id] = blueprints[bp_id]
         engine.broken.pop(bp_id)
 
-    started = time.monotonic()
     runs = {i: await worker.adapter.start_run(f"hostile-{i}", rel.context(f"h{i}")) for i in range(len(HOSTILE))}
     loop_run = await worker.adapter.start_run("hostile-loop", rel.context("loop"))
     for i, run_id in runs.items():
@@ -95,10 +93,11 @@ async def test_hostile_expressions_fail_their_run_cleanly_and_the_worker_survive
         assert f"{where} of edge a->b failed" in status["reason"] and says in status["reason"], (expression, status)
         assert status["result"]["errors"][0]["nodeId"] == "a"
         assert executions(run_id)["b"] == 0, expression
+        # Rejected on the first delivery: the bad expression failed the run, it was not retried.
+        assert executions(run_id)["a"] == 1, expression
     looped = await wait_final(worker, loop_run)
     assert looped["status"] == "failed" and "loop" in looped["reason"], looped
     assert executions(loop_run)["after"] == 0
-    assert time.monotonic() - started < 30  # rejected quickly: nothing was evaluated for long
     assert not os.path.exists("/tmp/flowcraft-pwned")  # noqa: ASYNC240 - one stat, in a test
 
     good = await worker.adapter.start_run("fan", rel.context("good"))
