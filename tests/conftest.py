@@ -14,13 +14,17 @@ from __future__ import annotations
 import contextlib
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.cosmos.aio import CosmosClient
 from azure.storage.queue.aio import QueueClient
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -121,3 +125,34 @@ async def redis_client(azure_env: AzureTestEnv) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+class _SwitchableExporter(InMemorySpanExporter):
+    """Keeps spans only while a test uses it (the provider outlives the test and keeps exporting)."""
+
+    active = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return super().export(spans) if self.active else SpanExportResult.SUCCESS
+
+
+_span_exporter = _SwitchableExporter()
+_span_exporter_attached: list[bool] = []
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The process's SDK tracer provider (OpenTelemetry allows one per process), with an in-memory exporter."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    assert trace.get_tracer_provider() is provider
+    if not _span_exporter_attached:
+        provider.add_span_processor(SimpleSpanProcessor(_span_exporter))
+        _span_exporter_attached.append(True)
+    _span_exporter.clear()
+    _span_exporter.active = True
+    yield _span_exporter
+    _span_exporter.active = False
+    _span_exporter.clear()

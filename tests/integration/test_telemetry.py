@@ -8,15 +8,12 @@ collected with the SDK's in-memory exporter, over real emulators and the real po
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
 
 import azure.functions as func
 import pytest
 from harness import Distributed, blueprint
 from helpers import wait_until
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import flowcraft_functions
@@ -39,37 +36,6 @@ node_log = logging.getLogger("flowcraft.test.nodes")
 async def step(ctx: NodeContext) -> NodeResult:
     node_log.info("running %s", ctx.node_id)
     return NodeResult(output=ctx.node_id)
-
-
-class _SwitchableExporter(InMemorySpanExporter):
-    """Keeps spans only while a test uses it (the provider outlives the test and keeps exporting)."""
-
-    active = False
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return super().export(spans) if self.active else SpanExportResult.SUCCESS
-
-
-_exporter = _SwitchableExporter()
-_attached: list[bool] = []
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """The process's SDK tracer provider (OpenTelemetry allows one per process), with this module's exporter."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    assert trace.get_tracer_provider() is provider
-    if not _attached:
-        provider.add_span_processor(SimpleSpanProcessor(_exporter))
-        _attached.append(True)
-    _exporter.clear()
-    _exporter.active = True
-    yield _exporter
-    _exporter.active = False
-    _exporter.clear()
 
 
 class Context:

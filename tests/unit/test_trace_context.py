@@ -5,49 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from flowcraft_core import telemetry
 from flowcraft_core.azure.queue import AzureJobQueue, parse_job
 from flowcraft_core.errors import InvalidJobError
 from flowcraft_core.protocols import Job
-
-
-class _SwitchableExporter(InMemorySpanExporter):
-    """Keeps spans only while a test uses it (the provider outlives the test and keeps exporting)."""
-
-    active = False
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return super().export(spans) if self.active else SpanExportResult.SUCCESS
-
-
-_exporter = _SwitchableExporter()
-_attached: list[bool] = []
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """The process's SDK tracer provider (one per process), with this module's in-memory exporter."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    if not _attached:
-        provider.add_span_processor(SimpleSpanProcessor(_exporter))
-        _attached.append(True)
-    _exporter.clear()
-    _exporter.active = True
-    yield _exporter
-    _exporter.active = False
-    _exporter.clear()
 
 
 class RecordingQueueClient:
