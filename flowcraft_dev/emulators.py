@@ -81,6 +81,29 @@ class EmulatorError(RuntimeError):
     """An emulator (or a tool it needs) is missing or could not start."""
 
 
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """On Linux, a hook that makes an emulator die with the process that started it.
+
+    A test process killed with SIGKILL (a mutmut timeout, a CI cancel) runs no cleanup, and its emulators
+    would live on, holding ports and memory. PR_SET_PDEATHSIG fires when the starting *thread* ends, so
+    it is used only from the main thread, which lives as long as the process.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    pr_set_pdeathsig = 1
+
+    def hook() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    return hook
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -414,6 +437,7 @@ class Emulators:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent_hook(),
             )
         except OSError as exc:
             log_file.close()
