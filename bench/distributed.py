@@ -54,7 +54,12 @@ from redis.asyncio import Redis  # noqa: E402
 from bench.traffic import Traffic, database_traffic  # noqa: E402
 from bench.workloads import REGISTRY, Workload, chain, diamond, fanout, percentile, predecessors  # noqa: E402
 from flowcraft_core.azure.adapter import AzureQueueAdapter, RuntimeOptions, WorkerOptions  # noqa: E402
-from flowcraft_core.azure.clients import ensure_cosmos_containers, make_redis  # noqa: E402
+from flowcraft_core.azure.clients import (  # noqa: E402
+    cosmos_transport,
+    ensure_cosmos_containers,
+    http_env_settings,
+    make_redis,
+)
 from flowcraft_core.azure.redis_store import RedisCoordinationStore  # noqa: E402
 from flowcraft_core.settings import Settings  # noqa: E402
 from flowcraft_dev.emulators import Emulators  # noqa: E402
@@ -186,6 +191,9 @@ class Result:
     traffic: Traffic = field(default_factory=Traffic)
     items_read: int = 0
     peak_rss_mib: float = 0.0
+    # CPU seconds this process (worker and bench recorder) spent in the timed part: less load-dependent
+    # than wall time, since it does not count the time the process waited for a core.
+    cpu: float = 0.0
     # Node outputs absent from the final result contexts (read after the timed part).
     missing_outputs: int = 0
     hop_total: list[float] = field(default_factory=list)
@@ -197,7 +205,7 @@ class Result:
         """All Cosmos requests the store counted."""
         return sum(self.cosmos.values())
 
-    def per_node(self, n: int) -> float:
+    def per_node(self, n: float) -> float:
         """A count per executed node."""
         return n / self.nodes if self.nodes else 0.0
 
@@ -242,7 +250,8 @@ class Bench:
         verify = self.settings.cosmos_verify_tls
         kwargs: dict[str, Any] = {} if verify else {"connection_verify": False}
         self.cosmos = CosmosClient.from_connection_string(self.settings.cosmos_connection_string.get_secret_value(),
-                                                          raw_request_hook=self.cosmos_http, **kwargs)
+                                                          raw_request_hook=self.cosmos_http, **kwargs,
+                                                          **cosmos_transport())
         self.redis = make_redis(self.settings.redis_url.get_secret_value())
         return self
 
@@ -258,9 +267,9 @@ class Bench:
         self.serial += 1
         name = f"bench-{self.token}-{self.serial}"
         queue = QueueClient.from_connection_string(self.settings.storage_connection_string.get_secret_value(), name,
-                                                   raw_request_hook=self.queue_http)
+                                                   raw_request_hook=self.queue_http, **http_env_settings())
         poison = QueueClient.from_connection_string(self.settings.storage_connection_string.get_secret_value(),
-                                                    f"{name}-poison")
+                                                    f"{name}-poison", **http_env_settings())
         await queue.create_queue()
         await ensure_cosmos_containers(self.cosmos, name, [self.settings.cosmos_context_container,
                                                            self.settings.cosmos_status_container])
@@ -321,12 +330,14 @@ class Bench:
             await self.redis.config_resetstat()
             if profiler is not None:
                 profiler.start()
+            cpu0 = time.process_time()
             try:
                 wall, finished = await self._drive(adapter, recorder, bp.id, workload.runs)
             finally:
                 if profiler is not None:
                     profiler.stop()
             result = Result(workload.name, workload.runs, workload.nodes, wall=wall)
+            result.cpu = time.process_time() - cpu0
             result.traffic = await database_traffic(self.settings.cosmos_connection_string, name) - traffic_before
             result.items_read = adapter.run_store.items_read
             # ru_maxrss is KiB on Linux: the peak of this process (worker and bench) so far.
@@ -444,7 +455,8 @@ def details(results: Sequence[Result]) -> str:
                      f"Cosmos bytes read {r.traffic.read} written {r.traffic.written} in {r.traffic.requests} "
                      f"requests (stand-in), items returned by loads {r.items_read} "
                      f"({r.per_node(r.items_read):.2f}/node); peak RSS of this process so far "
-                     f"{r.peak_rss_mib:.0f} MiB; "
+                     f"{r.peak_rss_mib:.0f} MiB; CPU of this process {r.cpu:.2f} s "
+                     f"({1000 * r.per_node(r.cpu):.2f} ms/node); "
                      f"runs {dict(r.statuses)}, node executions {r.executions}, node outputs missing from "
                      f"the results {r.missing_outputs}; hop p50/p95 ms: "
                      f"commit+route {ms(percentile(r.hop_route, 50))}/{ms(percentile(r.hop_route, 95))}, "

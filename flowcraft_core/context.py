@@ -78,6 +78,10 @@ class NodeContextView:
                 merged[key] = value
         return merged
 
+    def lazy_dict(self) -> Mapping[str, Any]:
+        """The whole context as a mapping that copies it only when first read (routing rarely does)."""
+        return _LazyDict(self)
+
     async def get(self, key: str, default: Any = None) -> Any:
         """Read a key, or default when absent."""
         return self.get_sync(key, default)
@@ -113,6 +117,28 @@ class NodeContextView:
     def discard_changes(self) -> None:
         """Forget buffered writes (a failed attempt must not leak into the next one)."""
         self._writes.clear()
+
+
+class _LazyDict(Mapping[str, Any]):
+    """A view's to_dict_sync(), built on first access: the copy is O(context) and most edges never look."""
+
+    def __init__(self, view: NodeContextView) -> None:
+        self._view = view
+        self._data: dict[str, Any] | None = None
+
+    def _dict(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = self._view.to_dict_sync()
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
 
 
 def nested_view(flat: Mapping[str, Any]) -> dict[str, Any]:

@@ -536,8 +536,9 @@ class Engine:
                               deletes=deletes, attempts=outcome.attempts,
                               output={"awaiting": directives["await"]})
         try:
-            merged = view.to_dict_sync()
-            plan = plan_routes(graph, node.id, result, merged, self.evaluator, node_input=node_input)
+            # Only edges with a condition or transform read the context: copy it only for them.
+            plan = plan_routes(graph, node.id, result, view.lazy_dict(), self.evaluator,
+                               node_input=node_input)
         except ExpressionError as exc:
             err = NodeExecutionError(node.id, str(exc), outcome.attempts)
             return NodeRecord(node_id=node.id, iteration=job.iteration, status="failed",

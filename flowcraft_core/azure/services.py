@@ -19,6 +19,7 @@ from ..settings import Settings, load_workflow_module
 from .adapter import AzureQueueAdapter, RuntimeOptions, WorkerOptions
 from .clients import (
     ensure_cosmos_containers,
+    http_env_settings,
     make_cosmos_client,
     make_cosmos_client_with_identity,
     make_queue_client_with_identity,
@@ -47,7 +48,7 @@ def plain_queue_client(connection_string: str, queue_name: str) -> QueueClient:
     The SDK's own retry starts at a 15 s back-off, which would hide a short outage from our retry policy
     (flowcraft_core.azure.retry) for about a minute; a short SDK retry leaves the pacing to ours.
     """
-    return QueueClient.from_connection_string(connection_string, queue_name, **QUEUE_RETRY)
+    return QueueClient.from_connection_string(connection_string, queue_name, **QUEUE_RETRY, **http_env_settings())
 
 
 # The SDK's retry, kept short (see plain_queue_client).
