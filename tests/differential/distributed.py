@@ -217,9 +217,14 @@ class DistributedRig:
             proc.wait()
 
     # ------------------------------------------------------------------ one case
-    async def run(self, case: Case, faults: Faults, *, timeout: float = 20.0) -> tuple[str, Observed]:
+    async def run(self, case: Case, faults: Faults, *, timeout: float | None = None) -> tuple[str, Observed]:
         """Run a case under faults; returns its run id and outcome (the trace is read later: see observe)."""
         assert self.services is not None
+        if timeout is None:
+            # A delayed job becomes visible after whole seconds (Storage Queues' visibility timeout), so
+            # under the delay fault every hop takes about a second: a loop of a few rounds needs longer
+            # than 20 s without being stalled (a real stall is seen sooner: the queue stays empty).
+            timeout = 90.0 if faults.delay else 20.0
         adapter = self.services.adapter
         run_id = f"r{case.seed}-{uuid.uuid4().hex[:8]}"
         self.fault_plan[run_id] = {"dup": faults.dup, "delay": faults.delay}
@@ -240,6 +245,10 @@ class DistributedRig:
             for i, proc in enumerate(self.workers):
                 if proc is None or proc.poll() is not None:
                     self._start_worker(i)
+            if self.redis.process is None or self.redis.process.poll() is not None:
+                # A run that ended between a Redis restart's stop and its start must not leave the next
+                # seeds without Redis (seed 295 failed on that, after seed 294's restart was cut short).
+                self.redis.start()
         context = normalize(((status.get("result") or {}).get("context")) or {})
         errors = (status.get("result") or {}).get("errors") or []
         failed = str(errors[0].get("nodeId")) if status.get("status") == "failed" and errors else None
