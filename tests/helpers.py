@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import signal
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
@@ -77,3 +79,19 @@ def bp(nodes: Iterable[str | dict[str, Any]], edges: Iterable[tuple[str, str] | 
         "edges": [{"source": e[0], "target": e[1]} if isinstance(e, tuple) else e for e in edges],
         **extra,
     }
+
+
+async def serve_until_signalled(services: Any, ready: str) -> int:
+    """Run a test worker process's adapter until SIGINT or SIGTERM, then stop it and close its clients."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await services.adapter.start()
+    logging.getLogger("flowcraft").info("%s", ready)
+    try:
+        await stop.wait()
+    finally:
+        await services.adapter.stop(timeout=5)
+        await services.close()
+    return 0

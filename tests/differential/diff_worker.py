@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import random
-import signal
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from flowcraft_core.models import WorkflowBlueprint  # noqa: E402
 from flowcraft_core.protocols import Job  # noqa: E402
 from flowcraft_core.settings import Settings  # noqa: E402
 from tests.differential.stand_ins import REGISTRY  # noqa: E402
+from tests.helpers import serve_until_signalled  # noqa: E402
 
 TRACED = {"node:start", "node:retry", "node:fallback", "workflow:finish", "workflow:cancelled", "job:enqueued"}
 
@@ -95,18 +95,7 @@ async def main() -> int:
     worker = services.adapter.worker_options
     worker.visibility_timeout = int(os.environ.get("DIFF_VISIBILITY_TIMEOUT", "3"))
     worker.max_poll_interval = 0.1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await services.adapter.start()
-    logging.getLogger("flowcraft").info("diff worker ready")
-    try:
-        await stop.wait()
-    finally:
-        await services.adapter.stop(timeout=5)
-        await services.close()
-    return 0
+    return await serve_until_signalled(services, "diff worker ready")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections import Counter
 from pathlib import Path
@@ -31,6 +30,7 @@ from rel_support import count_finals  # noqa: E402
 
 from flowcraft_core.azure.services import build_services  # noqa: E402
 from flowcraft_core.settings import Settings  # noqa: E402
+from tests.helpers import serve_until_signalled  # noqa: E402
 
 
 async def main() -> int:
@@ -43,18 +43,7 @@ async def main() -> int:
     prefix = os.environ.get("REL_COUNTER_PREFIX")
     if prefix:
         count_finals(services, Counter(), redis_prefix=prefix)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await services.adapter.start()
-    logging.getLogger("flowcraft").info("rel worker ready on queue %s", settings.queue_name)
-    try:
-        await stop.wait()
-    finally:
-        await services.adapter.stop(timeout=5)
-        await services.close()
-    return 0
+    return await serve_until_signalled(services, f"rel worker ready on queue {settings.queue_name}")
 
 
 if __name__ == "__main__":
