@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     reconcile_schedule: str = Field(default="0 */1 * * * *", alias="FLOWCRAFT_RECONCILE_SCHEDULE")
     worker_concurrency: int = Field(default=16, ge=1, le=1024, alias="FLOWCRAFT_WORKER_CONCURRENCY")
     visibility_timeout: int = Field(default=60, ge=5, le=3600, alias="FLOWCRAFT_VISIBILITY_TIMEOUT")
+    # The standalone worker runs the jobs it enqueues itself when it can (AzureQueueAdapter.hand_on).
+    worker_eager_dispatch: bool = Field(default=True, alias="FLOWCRAFT_WORKER_EAGER_DISPATCH")
     create_resources: bool = Field(default=False, alias="FLOWCRAFT_CREATE_RESOURCES")
     # Ended runs older than this many days are purged by the timer; unset keeps them forever.
     retention_days: float | None = Field(default=None, gt=0, alias="FLOWCRAFT_RETENTION_DAYS")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import logging
 import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.cosmos.aio import CosmosClient
@@ -20,13 +22,41 @@ from ..errors import InvalidJobError
 from ..protocols import CoordinationStore, Job
 from ..telemetry import job_span
 from .cosmos import CosmosRunStore, CosmosStatusStore, RequestCounter
-from .queue import AzureJobQueue, parse_job
+from .queue import AzureJobQueue, parse_job, parse_message
 
 logger = logging.getLogger("flowcraft.azure")
 # Set only by the reliability tests (see the fault injection module); never in production.
 FAULT_CRASH_ENV = "FLOWCRAFT_FAULT_CRASH_AT"
 # The longest a busy worker delays a receive to gather free slots into one batch.
 GATHER_SECONDS = 0.05
+# A message is handed on to a successor job only while it has this long to live: an update does
+# not extend a message's time to live (7 days from its send by default).
+HAND_ON_MIN_TTL = timedelta(days=1)
+
+
+@dataclass
+class _Delivery:
+    """One delivery of a queue message to this worker."""
+
+    message: Any  # the SDK's QueueMessage: id, pop receipt, content, expiry
+    dequeues: int  # the queue's dequeue count of the message (0: sent by this worker, never received)
+    job: Job | None = None
+    # A job due now that this delivery's job enqueued: it runs next here, carried by this message.
+    successor: Job | None = None
+
+
+# The delivery whose job this task is executing (hand_on looks it up from inside the engine).
+_CURRENT_DELIVERY: contextvars.ContextVar[_Delivery | None] = contextvars.ContextVar(
+    "flowcraft_delivery", default=None)
+
+
+def _lives_long(message: Any) -> bool:
+    expires = getattr(message, "expires_on", None)
+    if not isinstance(expires, datetime):
+        return False
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    return expires - datetime.now(UTC) > HAND_ON_MIN_TTL
 
 
 @dataclass
@@ -57,6 +87,9 @@ class WorkerOptions:
     # While a job runs, its run's lastUpdated is refreshed this often (keep it well below the reconciler's
     # stalled threshold) and cancellation is checked.
     heartbeat_seconds: float = 30.0
+    # A job this worker sends that is due now runs here at once when a slot is free (sent invisible,
+    # deleted with the send's pop receipt) instead of waiting for a receive; see AzureJobQueue.enqueue.
+    eager_dispatch: bool = True
 
 
 class AzureQueueAdapter:
@@ -106,15 +139,19 @@ class AzureQueueAdapter:
         self._wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Slots taken by jobs this worker is sending to itself (eager dispatch), not yet in _in_flight.
+        self._reserved = 0
         self.processed = 0
+        # Jobs this worker ran without receiving them: carried on by their predecessor's message
+        # (handed_on) or sent invisible to a free slot of its own (dispatched).
+        self.handed_on = 0
+        self.dispatched = 0
 
     # ------------------------------------------------------------------ run control
     async def start_run(self, blueprint_id: str, context: Mapping[str, Any] | None = None,
                         run_id: str | None = None) -> str:
         """Create a run and enqueue its start nodes; returns the run id."""
-        run_id = await self.engine.start_run(blueprint_id, context, run_id)
-        self._wake.set()
-        return run_id
+        return await self.engine.start_run(blueprint_id, context, run_id)
 
     async def reconcile(self, run_id: str) -> int:
         """Re-enqueue what a stalled run should be doing; returns how many jobs were enqueued."""
@@ -222,11 +259,13 @@ class AzureQueueAdapter:
         """Start polling the queue in the background (see WorkerOptions)."""
         if self._poller is None or self._poller.done():
             self._stopping.clear()
+            self.job_queue.local = self
             self._poller = asyncio.create_task(self._poll_loop(), name="flowcraft-poller")
 
     async def stop(self, timeout: float = 60.0) -> None:
         """Stop polling and wait for in-flight jobs to finish (unfinished ones return to the queue)."""
         self._stopping.set()
+        self.job_queue.local = None
         if self._poller is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
@@ -249,13 +288,16 @@ class AzureQueueAdapter:
         # receives a batch at a time rather than one message each time one job ends.
         gather = max(1, min(32, opts.concurrency) // 2)
         while not self._stopping.is_set():
-            free = opts.concurrency - len(self._in_flight)
+            free = self._free_slots()
             if free <= 0:
-                await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
+                if self._in_flight:
+                    await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
+                else:  # every slot is reserved by a send in progress; it becomes a task at once
+                    await asyncio.sleep(0.001)
                 continue
             if backlog and free < gather:
                 await self._await_slots(gather, GATHER_SECONDS)
-                free = opts.concurrency - len(self._in_flight)
+                free = self._free_slots()
             self._wake.clear()  # a job enqueued from here on makes the next idle pause end early
             try:
                 messages = []
@@ -273,9 +315,7 @@ class AzureQueueAdapter:
                 idle_delay = min(opts.max_poll_interval, idle_delay * 2)
                 continue
             for msg in messages:
-                task = asyncio.create_task(self._process(msg))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
+                self._run_in_slot(msg)
             backlog = len(messages) == batch
             if backlog:
                 idle_delay = 0.1
@@ -288,10 +328,54 @@ class AzureQueueAdapter:
             else:
                 idle_delay = min(opts.max_poll_interval, idle_delay * 2)
 
+    def _free_slots(self) -> int:
+        return self.worker_options.concurrency - len(self._in_flight) - self._reserved
+
+    def _run_in_slot(self, msg: Any, dequeues: int | None = None) -> None:
+        # A fresh context: a job sent from inside another job's span must not inherit it (its parent
+        # is the traceparent the message carries, as for a received one).
+        task = asyncio.create_task(self._process(msg, dequeues), context=contextvars.Context())
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    # LocalDispatch (flowcraft_core.azure.queue): the jobs this worker sends that it can run itself.
+    def hand_on(self, job: Job) -> bool:
+        """Keep a job due now to run next in this job's slot, carried by this job's message."""
+        delivery = _CURRENT_DELIVERY.get()
+        if (delivery is None or delivery.successor is not None or delivery.job is None
+                or job.run_id != delivery.job.run_id or not self.worker_options.eager_dispatch
+                or self._stopping.is_set() or not _lives_long(delivery.message)):
+            # Only a job of the same run: a routing's jobs are enqueued again when its job is
+            # replayed, so holding one back until the job has ended loses nothing in a crash.
+            return False
+        delivery.successor = job
+        return True
+
+    def reserve(self) -> int | None:
+        """Reserve a slot for a job this worker is sending; the visibility timeout to send it with."""
+        if not self.worker_options.eager_dispatch or self._stopping.is_set() or self._free_slots() <= 0:
+            return None
+        self._reserved += 1
+        return self.worker_options.visibility_timeout
+
+    def dispatch(self, message: Any) -> None:
+        """Run a message this worker just sent (invisible) in the slot reserved for it."""
+        self._reserved -= 1
+        self.dispatched += 1
+        self._run_in_slot(message, dequeues=0)  # nobody received it yet
+
+    def release(self) -> None:
+        """Give back a slot reserved for a send that failed."""
+        self._reserved -= 1
+
+    def wake(self) -> None:
+        """End the poller's idle pause: a job of this process went onto the queue."""
+        self._wake.set()
+
     async def _await_slots(self, wanted: int, seconds: float) -> None:
         """Wait until `wanted` slots are free, at most `seconds` (long jobs must not idle the others)."""
         deadline = time.monotonic() + seconds
-        while self._in_flight and self.worker_options.concurrency - len(self._in_flight) < wanted:
+        while self._in_flight and self._free_slots() < wanted:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._stopping.is_set():
                 return
@@ -309,54 +393,105 @@ class AzureQueueAdapter:
                 waiter.cancel()
         return bool(done)
 
-    async def _process(self, msg: Any) -> None:
+    async def _process(self, msg: Any, dequeues: int | None = None) -> None:
+        # A finished job may hand its message on to a successor (hand_on): the loop then runs that
+        # job in the same slot, as the message's next delivery.
+        delivery: _Delivery | None = _Delivery(msg, msg.dequeue_count if dequeues is None else dequeues)
+        while delivery is not None:
+            delivery = await self._deliver(delivery)
+
+    async def _deliver(self, delivery: _Delivery) -> _Delivery | None:
         opts = self.worker_options
+        msg = delivery.message
         started = time.monotonic()
         try:
-            job = parse_job(msg.content, base64_encoded=True)
+            message = parse_message(msg.content, base64_encoded=True)
         except Exception as exc:  # NotAJobError; anything else is just as much not a job
             logger.error("message %s is not a Flowcraft job (%s); moving it to the poison queue", msg.id, exc)
             await self._to_poison(msg)
-            return
-        if msg.dequeue_count > opts.max_dequeue_count:
+            return None
+        job = message.to_job()
+        # The deliveries of this job (a message handed on keeps the dequeue count of its earlier jobs).
+        deliveries = max(1, delivery.dequeues - message.dequeue_base)
+        if deliveries > opts.max_dequeue_count:
             logger.error("job %s was delivered %d times; moving it to the poison queue", job.to_dict(),
-                         msg.dequeue_count)
+                         deliveries)
             try:
-                await self.fail_poisoned(msg.content, base64_encoded=True, dequeue_count=msg.dequeue_count)
+                await self.fail_poisoned(msg.content, base64_encoded=True, dequeue_count=deliveries)
             except Exception:
-                if msg.dequeue_count <= 2 * opts.max_dequeue_count:
+                if deliveries <= 2 * opts.max_dequeue_count:
                     # The stores are probably down: keep the message, so that a later delivery fails the run.
                     logger.exception("could not mark the run of poisoned job %s failed", job.to_dict())
-                    return
+                    return None
                 # Failing the run keeps failing too: stop the loop; the reconciler still sees the run.
                 logger.exception("could not mark the run of poisoned job %s failed after %d deliveries; "
-                                 "moving it to the poison queue anyway", job.to_dict(), msg.dequeue_count)
+                                 "moving it to the poison queue anyway", job.to_dict(), deliveries)
             await self._to_poison(msg)
-            return
-        job.attempt = max(job.attempt, msg.dequeue_count)
+            return None
+        job.attempt = max(job.attempt, deliveries)
+        delivery.job = job
         keeper = asyncio.create_task(self._keep_alive(msg, job))
+        token = _CURRENT_DELIVERY.set(delivery)
         try:
             outcome = await self.handle_job(job, delivery_id=msg.id)
-            if outcome.enqueued:
-                self._wake.set()
         except InvalidJobError as exc:
-            keeper.cancel()
             logger.error("job %s rejected: %s; moving it to the poison queue", job.to_dict(), exc)
+            await self._send_held(delivery)
             await self._to_poison(msg)
-            return
+            return None
         except Exception:
             # Leave the message: it becomes visible again after the timeout and is retried; after
             # max_dequeue_count deliveries it goes to the poison queue and its run is failed.
-            logger.exception("job %s failed on delivery %d; it will be retried", job.to_dict(),
-                             msg.dequeue_count)
-            return
+            logger.exception("job %s failed on delivery %d; it will be retried", job.to_dict(), deliveries)
+            await self._send_held(delivery)
+            return None
         finally:
+            _CURRENT_DELIVERY.reset(token)
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-        await self._delete(msg)
         logger.debug("job %s of run %s: %s in %.3fs", job.key, job.run_id, outcome.status,
                      time.monotonic() - started)
+        if delivery.successor is not None:
+            return await self._hand_on_message(delivery)
+        await self._delete(msg)
+        return None
+
+    async def _hand_on_message(self, delivery: _Delivery) -> _Delivery | None:
+        """Turn the finished job's message into its successor's (one update, not a send and a delete)."""
+        job, msg = delivery.successor, delivery.message
+        assert job is not None
+        # Stopping: make the successor visible at once, for whichever worker receives it.
+        visibility = 0 if self._stopping.is_set() else self.worker_options.visibility_timeout
+        try:
+            updated = await self.job_queue.pass_on(msg, job, dequeue_base=delivery.dequeues,
+                                                   visibility_timeout=visibility)
+        except Exception as exc:
+            # Whether the update took effect is unknown: send the successor as a message of its own.
+            # If the update did take effect, that job runs twice (at least once), which it tolerates.
+            logger.warning("could not hand message %s on to job %s (%s); sending that job instead",
+                           msg.id, job.to_dict(), exc)
+            if await self._send_held(delivery):
+                await self._delete(msg)
+            return None
+        self.handed_on += 1
+        if visibility == 0:
+            return None
+        return _Delivery(updated, delivery.dequeues)
+
+    async def _send_held(self, delivery: _Delivery) -> bool:
+        """Send the job a delivery held back for hand-on as a message of its own; False if that failed."""
+        job, delivery.successor = delivery.successor, None
+        if job is None:
+            return True
+        try:
+            await self.job_queue.send(job)
+        except Exception as exc:
+            # The finished job's message stays: its redelivery replays the job, which enqueues this again.
+            logger.warning("could not send job %s (%s); its predecessor's redelivery will", job.to_dict(), exc)
+            return False
+        self._wake.set()
+        return True
 
     async def _keep_alive(self, msg: Any, job: Job) -> None:
         # A long node must not reappear on the queue while it runs (the Functions host does this for its

@@ -7,7 +7,7 @@ import binascii
 import dataclasses
 import json
 import math
-from typing import Any
+from typing import Any, Protocol
 
 from azure.storage.queue.aio import QueueClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -37,6 +37,9 @@ class JobMessage(BaseModel):
     via: str | None = Field(default=None, max_length=512)
     # Optional W3C trace context (telemetry); a malformed one only starts a new trace.
     traceparent: str | None = Field(default=None, max_length=TRACEPARENT_MAX_LENGTH)
+    # Deliveries the message had before it carried this job: a polling worker hands a finished job's
+    # message on to a successor (AzureQueueAdapter), and the queue's dequeue count runs on with it.
+    dequeue_base: int = Field(default=0, alias="dequeueBase", ge=0, le=1_000_000)
 
     @field_validator("run_id")
     @classmethod
@@ -52,9 +55,12 @@ class JobMessage(BaseModel):
                    self.traceparent)
 
 
-def encode_job(job: Job) -> str:
+def encode_job(job: Job, *, dequeue_base: int = 0) -> str:
     """The message text: base64 of compact JSON (the Functions host's default messageEncoding)."""
-    raw = json.dumps(job.to_dict(), separators=(",", ":")).encode()
+    data = job.to_dict()
+    if dequeue_base:
+        data["dequeueBase"] = dequeue_base
+    raw = json.dumps(data, separators=(",", ":")).encode()
     return base64.b64encode(raw).decode()
 
 
@@ -65,15 +71,20 @@ def parse_job(body: bytes | str, *, base64_encoded: bool = False) -> Job:
     decoder itself fail (nested thousands deep, a number of 5000 digits...) is just as much not a job,
     and a worker must be able to poison it like any other.
     """
+    return parse_message(body, base64_encoded=base64_encoded).to_job()
+
+
+def parse_message(body: bytes | str, *, base64_encoded: bool = False) -> JobMessage:
+    """Like parse_job, but the whole message: the job and its dequeue base."""
     try:
-        return _parse_job(body, base64_encoded=base64_encoded)
+        return _parse_message(body, base64_encoded=base64_encoded)
     except NotAJobError:
         raise
     except Exception as exc:
         raise NotAJobError(f"message could not be decoded: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
-def _parse_job(body: bytes | str, *, base64_encoded: bool) -> Job:
+def _parse_message(body: bytes | str, *, base64_encoded: bool) -> JobMessage:
     if isinstance(body, str):
         body = body.encode("utf-8", errors="replace")
     if len(body) > MAX_MESSAGE_BYTES:
@@ -95,10 +106,29 @@ def _parse_job(body: bytes | str, *, base64_encoded: bool) -> Job:
     if not isinstance(data, dict):
         raise NotAJobError(f"message is JSON {type(data).__name__}, not a job object")
     try:
-        return JobMessage.model_validate(data).to_job()
+        return JobMessage.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors())
         raise NotAJobError(f"message is not a Flowcraft job: {problems}") from None
+
+
+class LocalDispatch(Protocol):
+    """A polling worker's own slots, for jobs it sends itself (see AzureJobQueue.enqueue)."""
+
+    def hand_on(self, job: Job) -> bool:
+        """Take a job due now to run next in the current job's slot and message; False if it cannot."""
+
+    def reserve(self) -> int | None:
+        """Reserve a slot; returns the visibility timeout to send the job with, or None when none is free."""
+
+    def dispatch(self, message: Any) -> None:
+        """Execute the sent message (invisible, with its pop receipt) in the reserved slot."""
+
+    def release(self) -> None:
+        """Give the reserved slot back (the send failed)."""
+
+    def wake(self) -> None:
+        """A job due now went onto the queue: end an idle pause between polls."""
 
 
 class AzureJobQueue:
@@ -114,6 +144,8 @@ class AzureJobQueue:
     def __init__(self, queue_client: QueueClient) -> None:
         self.client = queue_client
         self.sent = 0
+        # Set by a running polling worker (AzureQueueAdapter.start); never on the Functions host.
+        self.local: LocalDispatch | None = None
 
     @retry_transient("queue.enqueue")
     async def enqueue(self, job: Job, *, delay_seconds: float = 0) -> None:
@@ -123,5 +155,41 @@ class AzureJobQueue:
         traceparent = current_traceparent()
         if traceparent and traceparent != job.traceparent:
             job = dataclasses.replace(job, traceparent=traceparent)
+        # On a polling worker a job due now runs on that worker when it can, with no receive and no
+        # poll wait; its message is durable all the same (see AzureQueueAdapter): first the job that
+        # enqueues it hands its own message on to it (one update instead of a send and a delete),
+        # else it is sent invisible to run in a free slot with the pop receipt the send returns.
+        local = self.local if delay == 0 else None
+        if local is not None and local.hand_on(job):
+            return
         self.sent += 1
-        await self.client.send_message(encode_job(job), visibility_timeout=delay or None)
+        text = encode_job(job)
+        timeout = local.reserve() if local is not None else None
+        if local is None or timeout is None:
+            await self.client.send_message(text, visibility_timeout=delay or None)
+            if local is not None:
+                local.wake()
+            return
+        try:
+            message = await self.client.send_message(text, visibility_timeout=timeout)
+        except BaseException:
+            local.release()
+            raise
+        local.dispatch(message)
+
+    @retry_transient("queue.enqueue")
+    async def send(self, job: Job) -> None:
+        """Send a job due now for any worker to receive (never run locally)."""
+        self.sent += 1
+        await self.client.send_message(encode_job(job))
+
+    @retry_transient("queue.pass_on")
+    async def pass_on(self, message: Any, job: Job, *, dequeue_base: int, visibility_timeout: int) -> Any:
+        """Give a message this worker holds the job of a successor; returns it with its new pop receipt.
+
+        If a lost reply is retried, the retry's pop receipt is stale and it fails at once (not transient):
+        the caller then sends the job instead, so it may exist twice (delivery is at least once).
+        """
+        return await self.client.update_message(message, pop_receipt=message.pop_receipt,
+                                                content=encode_job(job, dequeue_base=dequeue_base),
+                                                visibility_timeout=visibility_timeout)

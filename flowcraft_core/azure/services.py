@@ -200,6 +200,7 @@ async def build_services(settings: Settings, *, registry: Mapping[str, Any] | No
         status_container_name=settings.cosmos_status_container, runtime_options=options,
         worker_options=WorkerOptions(concurrency=settings.worker_concurrency,
                                      visibility_timeout=settings.visibility_timeout,
+                                     eager_dispatch=settings.worker_eager_dispatch,
                                      heartbeat_seconds=min(30.0, settings.stalled_threshold_seconds / 3)),
         poison_queue_client=poison,
     )
