@@ -75,21 +75,25 @@ TIME_BASED_COSMOS = ("patch", "query")
 class HttpCounter:
     """Counts HTTP requests a client sends, by operation, via the SDK's raw_request_hook."""
 
-    def __init__(self, classify: Callable[[str, str], str]) -> None:
+    def __init__(self, classify: Callable[[str, str, bool], str]) -> None:
         self.counts: Counter[str] = Counter()
         self._classify = classify
 
     def __call__(self, request: Any) -> None:
         http = request.http_request
-        self.counts[self._classify(http.method, http.url)] += 1
+        self.counts[self._classify(http.method, http.url, bool(http.body))] += 1
 
     def reset(self) -> None:
         """Start from zero."""
         self.counts.clear()
 
 
-def classify_queue(method: str, url: str) -> str:
-    """Storage Queue REST operation of a request."""
+def classify_queue(method: str, url: str, has_body: bool = False) -> str:
+    """Storage Queue REST operation of a request.
+
+    An update with a body gives the message new content: a finished job's message handed on to its
+    successor (AzureQueueAdapter); one without only extends a long job's visibility (keep-alive).
+    """
     path = url.split("?", 1)[0].rstrip("/")
     if path.endswith("/messages"):
         if method == "POST":
@@ -99,11 +103,13 @@ def classify_queue(method: str, url: str) -> str:
         if method == "DELETE":
             return "clear"
     elif "/messages/" in path:
-        return {"DELETE": "delete", "PUT": "update"}.get(method, method.lower())
+        if method == "PUT":
+            return "hand-on" if has_body else "update"
+        return "delete" if method == "DELETE" else method.lower()
     return "other"
 
 
-def classify_cosmos(method: str, url: str) -> str:
+def classify_cosmos(method: str, url: str, has_body: bool = False) -> str:
     """Every Cosmos request counts as one; the method is kept for the record."""
     return method.lower()
 
@@ -425,14 +431,14 @@ def ms(seconds: float) -> str:
 def table(results: Sequence[Result]) -> str:
     """The results as one Markdown table."""
     head = ("| workload | nodes | wall s | nodes/s | Cosmos req/node | Cosmos KiB read/node | "
-            "Cosmos KiB written/node | Cosmos by kind (total) | Redis/node | queue send/recv/del per node | "
+            "Cosmos KiB written/node | Cosmos by kind (total) | Redis/node | queue send/recv/del/hand-on per node | "
             "hop p50 ms | hop p95 ms | ok |")
     lines = [head, "|" + "---|" * 13]
     for r in results:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(r.cosmos.items()))
         q = r.queue
         qcol = (f"{r.per_node(q.get('send', 0)):.2f} / {r.per_node(q.get('receive', 0)):.2f} / "
-                f"{r.per_node(q.get('delete', 0)):.2f}")
+                f"{r.per_node(q.get('delete', 0)):.2f} / {r.per_node(q.get('hand-on', 0)):.2f}")
         lines.append(
             f"| {r.name} | {r.nodes} | {r.wall:.2f} | {r.nodes / r.wall if r.wall else 0:.1f} | "
             f"{r.per_node(r.cosmos_total):.2f} | {r.per_node(r.traffic.read) / 1024:.2f} | "

@@ -57,4 +57,5 @@ def test_request_classification() -> None:
     assert distributed.classify_queue("GET", f"{base}/messages?peekonly=true") == "peek"
     assert distributed.classify_queue("DELETE", f"{base}/messages/abc?popreceipt=x") == "delete"
     assert distributed.classify_queue("PUT", f"{base}/messages/abc?popreceipt=x") == "update"
+    assert distributed.classify_queue("PUT", f"{base}/messages/abc?popreceipt=x", True) == "hand-on"
     assert profile_workload.workload("fanout", 3).nodes == 6
