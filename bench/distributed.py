@@ -240,10 +240,11 @@ class Result:
 class Bench:
     """Shared clients; one adapter (own queue, database, key prefix) per workload."""
 
-    def __init__(self, settings: Settings, concurrency: int, timeout: float) -> None:
+    def __init__(self, settings: Settings, concurrency: int, timeout: float, eager: bool = True) -> None:
         self.settings = settings
         self.concurrency = concurrency
         self.timeout = timeout
+        self.eager = eager
         self.cosmos_http = HttpCounter(classify_cosmos)
         self.queue_http = HttpCounter(classify_queue)
         self.cosmos: CosmosClient | None = None
@@ -286,7 +287,8 @@ class Bench:
             status_container_name=self.settings.cosmos_status_container,
             runtime_options=RuntimeOptions(registry=REGISTRY, blueprints=blueprints, event_bus=recorder),
             worker_options=WorkerOptions(concurrency=self.concurrency,
-                                         visibility_timeout=self.settings.visibility_timeout),
+                                         visibility_timeout=self.settings.visibility_timeout,
+                                         eager_dispatch=self.eager),
             poison_queue_client=poison,
         )
         return adapter, [queue, poison], name
@@ -488,11 +490,11 @@ def workloads(quick: bool, wide: int | None = None, big: bool = False) -> list[W
 
 
 async def bench(settings: Settings, selected: list[Workload], concurrency: int, repeat: int,
-                timeout: float) -> tuple[list[Result], list[str]]:
+                timeout: float, eager: bool = True) -> tuple[list[Result], list[str]]:
     """Run the workloads (each `repeat` times); returns the last results and reproducibility problems."""
     results: list[Result] = []
     problems: list[str] = []
-    async with Bench(settings, concurrency, timeout) as b:
+    async with Bench(settings, concurrency, timeout, eager) as b:
         for wl in selected:
             seen: list[Result] = []
             for i in range(repeat):
@@ -517,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fanout", type=int, default=None, help="width of the wide fan-out (scaling runs)")
     parser.add_argument("--big", action="store_true", help="also run fanout-10000 (last; minutes)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds a workload may take")
+    parser.add_argument("--no-eager", action="store_true",
+                        help="every job through the queue (WorkerOptions.eager_dispatch=False): no hand-on")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     selected = [w for w in workloads(args.quick, args.fanout, args.big) if not args.only or w.name.replace(" ", "") in
@@ -525,10 +529,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     with Emulators(repo_root=ROOT) as emu:
         settings = Settings.from_env({**os.environ, **emu.env()})
-        results, problems = asyncio.run(bench(settings, selected, args.concurrency, args.repeat, args.timeout))
+        results, problems = asyncio.run(bench(settings, selected, args.concurrency, args.repeat, args.timeout,
+                                              eager=not args.no_eager))
     elapsed = time.perf_counter() - started
     print(f"# flowcraft-azure distributed benchmark (worker concurrency {args.concurrency}"
-          f"{', --quick: fanout-200 instead of fanout-1000' if args.quick else ''})")
+          f"{', --quick: fanout-200 instead of fanout-1000' if args.quick else ''}"
+          f"{', --no-eager: every job through the queue' if args.no_eager else ''})")
     print("machine: " + "; ".join(f"{k} {v}" for k, v in info.items()))
     print()
     print(table(results))

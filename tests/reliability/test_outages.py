@@ -160,8 +160,9 @@ def through_proxy(connection_string: str, port: int) -> str:
 
 async def test_queue_unreachable_for_a_few_seconds(rel: RelHarness, caplog: pytest.LogCaptureFixture) -> None:
     """The worker's queue goes away while b routes to e: the queue operation carrying e (the hand-on of b's
-    message to e, or its send) is retried, polling backs off, and once the queue is back e runs. (The Storage SDK's own retries start at a 15 s back-off; the test
-    turns them off so the outage reaches our policy at once — in production the SDK waits first.)"""
+    message to e, or its send) is retried, polling backs off, and once the queue is back e runs. (The Storage
+    SDK's own retries start at a 15 s back-off; the test turns them off so the outage reaches our policy at
+    once — in production the SDK waits first.)"""
     caplog.set_level(logging.WARNING, logger="flowcraft")
     port = int(re.search(r"QueueEndpoint=http://127\.0\.0\.1:(\d+)/", rel.env.queue_connection_string).group(1))  # type: ignore[union-attr]
     proxy = TcpProxy(port)
