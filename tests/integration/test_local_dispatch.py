@@ -135,8 +135,8 @@ async def test_a_handed_on_message_counts_the_deliveries_of_its_job_not_its_own(
     (sent,) = [m async for m in services.queue_client.receive_messages(max_messages=1)]
     await adapter._process(SimpleNamespace(id=sent.id, content=text, dequeue_count=limit + 1,
                                            pop_receipt=sent.pop_receipt, expires_on=None))
-    record = (await adapter.run_store.load(run_id))
-    assert record is not None and record.record("n0", 0) is not None  # executed, not poisoned
+    state = await adapter.run_store.load(run_id)
+    assert state is not None and state.record("n0", 0) is not None  # executed, not poisoned
     status = await adapter.get_status(run_id)
     assert status is not None and status["status"] == "running"
 
