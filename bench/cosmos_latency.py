@@ -20,9 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from flowcraft_core.azure.emulators import Emulators  # noqa: E402
-
 from flowcraft_core.azure.clients import ensure_cosmos_containers, make_cosmos_client  # noqa: E402
+from flowcraft_dev.emulators import Emulators  # noqa: E402
 
 
 async def measure(connection_string: str, reads: int) -> float:

@@ -1,6 +1,7 @@
 """Distributed benchmark: workloads through the polling worker on the local emulators.
 
-    .venv/bin/python bench/distributed.py [--quick] [--big] [--concurrency N] [--repeat N] [--only NAME ...]
+    .venv/bin/python bench/distributed.py [--quick] [--big] [--concurrency N] [--repeat N] [--warmup NODES]
+                                          [--only NAME ...]
 
 Starts Azurite, the Cosmos DB stand-in and redis-server on free ports, then runs each workload
 through ``AzureQueueAdapter``'s polling worker in this process (the same code path as
@@ -17,9 +18,15 @@ through ``AzureQueueAdapter``'s polling worker in this process (the same code pa
 - p50/p95 hop latency: from a predecessor's ``node:finish`` to its successor's ``node:start`` (for a
   join, from the last predecessor to finish), recorded by an event-bus subscriber.
 
-Each workload gets its own queue, Cosmos database and Redis key prefix, and one warm-up run (client
-metadata caches, Lua script loading) before counting starts. Request counts (excluding receives and
-the time-based ``patch`` heartbeat) are the same on every run of a workload: ``--repeat 2`` checks it.
+- CPU per node of this process (the worker) and of each emulator's process, in the timed part.
+
+First, unmeasured, ``--warmup`` node executions (default 2000: fan-outs of 500 and 10 chains of 20): a
+freshly started emulator spends about twice the CPU per request on its first thousand or so requests
+(``bench/primitives.py`` shows it), so without a warm-up the first workload measures the emulators'
+JIT. ``--warmup 0`` measures cold. Each workload gets its own queue, Cosmos database and Redis key
+prefix, and one warm-up run (client metadata caches, Lua script loading) before counting starts. Request
+counts (excluding receives and the time-based ``patch`` heartbeat) are the same on every run of a
+workload: ``--repeat 2`` checks it, and prints every run.
 """
 
 from __future__ import annotations
@@ -70,6 +77,12 @@ from flowcraft_dev.emulators import Emulators  # noqa: E402
 # queries, since concurrent jobs of one run share one read of what is new (at most one per job).
 TIME_BASED_COSMOS = ("patch", "query")
 
+
+# Node executions run, unmeasured, before the workloads. A freshly started emulator runs its first
+# thousand or so requests at about half its later speed while V8 compiles its hot paths (Azurite:
+# 2.3 ms of CPU per send and delete cold, 1.1 ms after ~1500 of them), which made the first workload
+# of a run 20-40 % slower than the same workload a minute later.
+WARM_UP_NODES = 2000
 
 # ----------------------------------------------------------------------------- counting
 class HttpCounter:
@@ -200,6 +213,9 @@ class Result:
     # CPU seconds this process (worker and bench recorder) spent in the timed part: less load-dependent
     # than wall time, since it does not count the time the process waited for a core.
     cpu: float = 0.0
+    # CPU seconds each emulator process spent in the timed part (the emulators share the machine's
+    # cores with the worker, so their CPU per node bounds the throughput as much as the worker's).
+    emulator_cpu: dict[str, float] = field(default_factory=dict)
     # Node outputs absent from the final result contexts (read after the timed part).
     missing_outputs: int = 0
     hop_total: list[float] = field(default_factory=list)
@@ -240,8 +256,10 @@ class Result:
 class Bench:
     """Shared clients; one adapter (own queue, database, key prefix) per workload."""
 
-    def __init__(self, settings: Settings, concurrency: int, timeout: float, eager: bool = True) -> None:
+    def __init__(self, settings: Settings, concurrency: int, timeout: float, eager: bool = True,
+                 emulator_cpu: Callable[[], dict[str, float]] | None = None) -> None:
         self.settings = settings
+        self.emulator_cpu = emulator_cpu or dict
         self.concurrency = concurrency
         self.timeout = timeout
         self.eager = eager
@@ -339,6 +357,7 @@ class Bench:
             if profiler is not None:
                 profiler.start()
             cpu0 = time.process_time()
+            emu0 = self.emulator_cpu()
             try:
                 wall, finished = await self._drive(adapter, recorder, bp.id, workload.runs)
             finally:
@@ -346,6 +365,7 @@ class Bench:
                     profiler.stop()
             result = Result(workload.name, workload.runs, workload.nodes, wall=wall)
             result.cpu = time.process_time() - cpu0
+            result.emulator_cpu = {k: v - emu0.get(k, 0.0) for k, v in self.emulator_cpu().items()}
             result.traffic = await database_traffic(self.settings.cosmos_connection_string, name) - traffic_before
             result.items_read = adapter.run_store.items_read
             # ru_maxrss is KiB on Linux: the peak of this process (worker and bench) so far.
@@ -430,12 +450,18 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
 
 
+def cpu_column(r: Result) -> str:
+    """CPU per node of the worker's process and of each emulator, in ms."""
+    parts = [r.cpu] + [r.emulator_cpu.get(k, 0.0) for k in ("azurite-queue", "cosmosdb-server", "redis-server")]
+    return " / ".join(f"{1000 * r.per_node(x):.1f}" for x in parts)
+
+
 def table(results: Sequence[Result]) -> str:
     """The results as one Markdown table."""
     head = ("| workload | nodes | wall s | nodes/s | Cosmos req/node | Cosmos KiB read/node | "
             "Cosmos KiB written/node | Cosmos by kind (total) | Redis/node | queue send/recv/del/hand-on per node | "
-            "hop p50 ms | hop p95 ms | ok |")
-    lines = [head, "|" + "---|" * 13]
+            "hop p50 ms | hop p95 ms | CPU ms/node: worker / Azurite / Cosmos / Redis | ok |")
+    lines = [head, "|" + "---|" * 14]
     for r in results:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(r.cosmos.items()))
         q = r.queue
@@ -445,7 +471,7 @@ def table(results: Sequence[Result]) -> str:
             f"| {r.name} | {r.nodes} | {r.wall:.2f} | {r.nodes / r.wall if r.wall else 0:.1f} | "
             f"{r.per_node(r.cosmos_total):.2f} | {r.per_node(r.traffic.read) / 1024:.2f} | "
             f"{r.per_node(r.traffic.written) / 1024:.2f} | {kinds} | {r.per_node(r.redis):.2f} | {qcol} | "
-            f"{ms(percentile(r.hop_total, 50))} | {ms(percentile(r.hop_total, 95))} | "
+            f"{ms(percentile(r.hop_total, 50))} | {ms(percentile(r.hop_total, 95))} | {cpu_column(r)} | "
             f"{'yes' if r.ok() else 'NO'} |")
     return "\n".join(lines)
 
@@ -489,22 +515,47 @@ def workloads(quick: bool, wide: int | None = None, big: bool = False) -> list[W
     return selected
 
 
+def warm_up_workloads(nodes: int) -> list[Workload]:
+    """Workloads of at least `nodes` node executions in all: fan-outs of 500 and 10 chains of 20, alternating."""
+    selected: list[Workload] = []
+    total = 0
+    while total < nodes:
+        wl = (Workload("warm-up fanout-500", fanout(500)) if len(selected) % 2 == 0
+              else Workload("warm-up chain-20 x10", chain(20), runs=10))
+        selected.append(wl)
+        total += wl.nodes
+    return selected
+
+
 async def bench(settings: Settings, selected: list[Workload], concurrency: int, repeat: int,
-                timeout: float, eager: bool = True) -> tuple[list[Result], list[str]]:
-    """Run the workloads (each `repeat` times); returns the last results and reproducibility problems."""
+                timeout: float, eager: bool = True, warm_up: int = 0,
+                emulator_cpu: Callable[[], dict[str, float]] | None = None) -> tuple[list[Result], list[str], float]:
+    """Warm up, then run the workloads (each `repeat` times).
+
+    Returns every measured result, the reproducibility problems and the warm-up's wall time.
+    """
     results: list[Result] = []
     problems: list[str] = []
-    async with Bench(settings, concurrency, timeout, eager) as b:
+    async with Bench(settings, concurrency, timeout, eager, emulator_cpu) as b:
+        started = time.perf_counter()
+        for wl in warm_up_workloads(warm_up):
+            print(f"  {wl.name} (not measured) ...", file=sys.stderr, flush=True)
+            if not (await b.run(wl)).ok():
+                problems.append(f"{wl.name}: a warm-up run did not complete correctly")
+        warm_up_wall = time.perf_counter() - started
         for wl in selected:
             seen: list[Result] = []
             for i in range(repeat):
                 print(f"  {wl.name} ({i + 1}/{repeat}) ...", file=sys.stderr, flush=True)
-                seen.append(await b.run(wl))
+                result = await b.run(wl)
+                if repeat > 1:
+                    result.name = f"{wl.name} ({i + 1}/{repeat})"
+                seen.append(result)
             for other in seen[1:]:
                 if other.reproducible_counts() != seen[0].reproducible_counts():
                     problems.append(f"{wl.name}: {seen[0].reproducible_counts()} != {other.reproducible_counts()}")
-            results.append(seen[-1])
-    return results, problems
+            results.extend(seen)
+    return results, problems, warm_up_wall
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -519,6 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fanout", type=int, default=None, help="width of the wide fan-out (scaling runs)")
     parser.add_argument("--big", action="store_true", help="also run fanout-10000 (last; minutes)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds a workload may take")
+    parser.add_argument("--warmup", type=int, default=WARM_UP_NODES, metavar="NODES",
+                        help="node executions to run, unmeasured, before the workloads (the emulators' JavaScript "
+                             f"JIT and this process's first-use costs; default {WARM_UP_NODES}; 0 measures cold)")
     parser.add_argument("--no-eager", action="store_true",
                         help="every job through the queue (WorkerOptions.eager_dispatch=False): no hand-on")
     args = parser.parse_args(argv)
@@ -529,13 +583,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     with Emulators(repo_root=ROOT) as emu:
         settings = Settings.from_env({**os.environ, **emu.env()})
-        results, problems = asyncio.run(bench(settings, selected, args.concurrency, args.repeat, args.timeout,
-                                              eager=not args.no_eager))
+        results, problems, warm_up_wall = asyncio.run(bench(
+            settings, selected, args.concurrency, args.repeat, args.timeout, eager=not args.no_eager,
+            warm_up=args.warmup, emulator_cpu=emu.cpu_seconds))
     elapsed = time.perf_counter() - started
     print(f"# flowcraft-azure distributed benchmark (worker concurrency {args.concurrency}"
           f"{', --quick: fanout-200 instead of fanout-1000' if args.quick else ''}"
           f"{', --no-eager: every job through the queue' if args.no_eager else ''})")
     print("machine: " + "; ".join(f"{k} {v}" for k, v in info.items()))
+    warm_nodes = sum(w.nodes for w in warm_up_workloads(args.warmup))
+    print(f"warm-up: {warm_nodes} node executions in {warm_up_wall:.1f} s before the first measured workload"
+          if warm_nodes else "warm-up: none (--warmup 0): the first workload runs on freshly started emulators")
     print()
     print(table(results))
     print()

@@ -399,6 +399,11 @@ class Emulators:
     def log_tail(self, name: str) -> str:
         return _tail(self._services[name].log_path)
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system, with reaped children) each running service has used so far (Linux)."""
+        return {name: _cpu_seconds(s.process.pid) for name, s in self._services.items()
+                if s.process.poll() is None}
+
     # --- internals ---
 
     def _launch_all(self, specs: Sequence[_Spec]) -> None:
@@ -469,6 +474,17 @@ class Emulators:
                     f"with:\n{_tail(service.log_path)}"
                 )
             time.sleep(_POLL_INTERVAL)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime of a process, from /proc (0.0 where there is none)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # The command name (field 2) may hold spaces: the fields after it start past its ')'.
+    fields = stat.rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _terminate(service: _Service, grace: float = 5.0) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bench import distributed, inprocess, profile_workload
+from bench import cosmos_latency, distributed, inprocess, primitives, profile_workload
 from bench.workloads import chain, diamond, fanout, percentile, predecessors
 
 
@@ -29,6 +29,19 @@ def test_workload_shapes() -> None:
     assert [w.nodes for w in distributed.workloads(quick=False)] == [20, 200, 35, 250, 1003]
     assert [w.nodes for w in distributed.workloads(quick=False, big=True)][-1] == 10003
     assert percentile([1.0, 2.0, 3.0], 50) == 2.0 and percentile([], 95) == 0.0
+
+
+def test_warm_up_covers_the_asked_nodes_with_both_shapes() -> None:
+    assert distributed.warm_up_workloads(0) == []
+    warm = distributed.warm_up_workloads(distributed.WARM_UP_NODES)
+    assert sum(w.nodes for w in warm) >= distributed.WARM_UP_NODES
+    assert {w.nodes for w in warm} == {503, 200}  # fan-outs of 500 and 10 chains of 20, alternating
+
+
+def test_the_other_scripts_have_their_entry_points() -> None:
+    # They start emulators, so they are not run here; importing them checks that their imports still
+    # resolve (cosmos_latency once imported the emulators from a module that had moved).
+    assert callable(cosmos_latency.main) and callable(primitives.main)
 
 
 def test_hop_recorder_measures_from_last_predecessor() -> None:
