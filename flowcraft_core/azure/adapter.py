@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import contextvars
 import logging
@@ -29,6 +30,10 @@ logger = logging.getLogger("flowcraft.azure")
 FAULT_CRASH_ENV = "FLOWCRAFT_FAULT_CRASH_AT"
 # The longest a busy worker delays a receive to gather free slots into one batch.
 GATHER_SECONDS = 0.05
+# Received messages wait for a slot (AzureQueueAdapter._ready) only while the worker's jobs take less
+# than this on average: a waiting message is held from other workers until one of this worker's jobs
+# ends, which must be soon.
+READY_JOB_SECONDS = 1.0
 # A message is handed on to a successor job only while it has this long to live: an update does
 # not extend a message's time to live (7 days from its send by default).
 HAND_ON_MIN_TTL = timedelta(days=1)
@@ -139,6 +144,15 @@ class AzureQueueAdapter:
         self._wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Deletes of finished jobs' messages, sent after their slot was freed (see _retire).
+        self._retiring: set[asyncio.Task[None]] = set()
+        # Messages received while every slot was busy, with when they were received: the next slot to
+        # finish takes one at once instead of waiting for a receive (see _poll_loop).
+        self._ready: collections.deque[tuple[Any, float]] = collections.deque()
+        # Set whenever a slot or a place in _ready frees up: the poller waits on it for room to receive.
+        self._room_changed = asyncio.Event()
+        # Moving average of how long this worker's jobs take (starts as "not short", until measured).
+        self._job_seconds = READY_JOB_SECONDS
         # Slots taken by jobs this worker is sending to itself (eager dispatch), not yet in _in_flight.
         self._reserved = 0
         self.processed = 0
@@ -265,14 +279,18 @@ class AzureQueueAdapter:
     async def stop(self, timeout: float = 60.0) -> None:
         """Stop polling and wait for in-flight jobs to finish (unfinished ones return to the queue)."""
         self._stopping.set()
+        self._room_changed.set()  # a poller waiting for room sees the stop
         self.job_queue.local = None
         if self._poller is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        await self._release_ready()
         if self._in_flight:
             _, pending = await asyncio.wait(set(self._in_flight), timeout=timeout)
             for task in pending:
                 task.cancel()
+        if self._retiring:
+            await asyncio.wait(set(self._retiring), timeout=timeout)
 
     async def run_forever(self) -> None:
         """Poll until stop() is called."""
@@ -284,24 +302,22 @@ class AzureQueueAdapter:
         opts = self.worker_options
         idle_delay = 0.1
         backlog = False
-        # With a backlog, a receive waits (briefly) for half the slots to be free, so that a busy worker
-        # receives a batch at a time rather than one message each time one job ends.
-        gather = max(1, min(32, opts.concurrency) // 2)
+        # With a backlog, a receive waits (briefly) for room for half a batch, so that a busy worker
+        # receives a batch at a time rather than one message each time one job ends. While jobs are
+        # short, received messages may also wait for a slot (_ready): a finishing job's slot takes the
+        # next at once instead of idling through the gathering and the receive.
         while not self._stopping.is_set():
-            free = self._free_slots()
-            if free <= 0:
-                if self._in_flight:
-                    await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
-                else:  # every slot is reserved by a send in progress; it becomes a task at once
-                    await asyncio.sleep(0.001)
-                continue
-            if backlog and free < gather:
-                await self._await_slots(gather, GATHER_SECONDS)
-                free = self._free_slots()
+            gather = self._gather()
+            room = self._room()
+            if room <= 0 or (backlog and room < gather):
+                await self._await_room(gather if backlog else 1, GATHER_SECONDS if room > 0 else None)
+                room = self._room()
+                if room <= 0:
+                    continue
             self._wake.clear()  # a job enqueued from here on makes the next idle pause end early
             try:
                 messages = []
-                batch = min(32, free)  # 32 is the most one receive returns
+                batch = min(32, room)  # 32 is the most one receive returns
                 pages = self.queue_client.receive_messages(messages_per_page=batch, max_messages=batch,
                                                            visibility_timeout=opts.visibility_timeout)
                 # One request: the SDK's pager would ask again after a short page, and that second
@@ -314,8 +330,12 @@ class AzureQueueAdapter:
                 await self._sleep(idle_delay)
                 idle_delay = min(opts.max_poll_interval, idle_delay * 2)
                 continue
+            received = time.monotonic()
             for msg in messages:
-                self._run_in_slot(msg)
+                if self._free_slots() > 0:
+                    self._run_in_slot(msg)
+                else:
+                    self._ready.append((msg, received))
             backlog = len(messages) == batch
             if backlog:
                 idle_delay = 0.1
@@ -331,12 +351,86 @@ class AzureQueueAdapter:
     def _free_slots(self) -> int:
         return self.worker_options.concurrency - len(self._in_flight) - self._reserved
 
+    def _waiting_places(self) -> int:
+        """How many received messages may wait for a slot: twice the slots (at most 32) while jobs are short."""
+        if self._job_seconds >= READY_JOB_SECONDS:
+            return 0
+        # A waiting message waits about (waiting / concurrency) jobs, so at most about two short jobs.
+        return min(32, 2 * self.worker_options.concurrency)
+
+    def _gather(self) -> int:
+        """Half a batch: the room a busy worker waits for (briefly) before it receives."""
+        return max(1, min(32, self.worker_options.concurrency + self._waiting_places()) // 2)
+
+    def _room(self) -> int:
+        """Messages a receive may take now: free slots plus free waiting places."""
+        return self._free_slots() + self._waiting_places() - len(self._ready)
+
     def _run_in_slot(self, msg: Any, dequeues: int | None = None) -> None:
         # A fresh context: a job sent from inside another job's span must not inherit it (its parent
         # is the traceparent the message carries, as for a received one).
         task = asyncio.create_task(self._process(msg, dequeues), context=contextvars.Context())
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(self._slot_freed)
+
+    def _slot_freed(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._room_changed.set()
+
+    async def _await_room(self, wanted: int, seconds: float | None) -> None:
+        """Wait until a receive has room for `wanted` messages, or `seconds` (None: until there is any)."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while not self._stopping.is_set():
+            room = self._room()
+            if room >= wanted or (deadline is not None and room > 0 and time.monotonic() >= deadline):
+                return
+            if not self._in_flight and room <= 0:
+                # Every slot is reserved by a send in progress: it becomes a task at once.
+                await asyncio.sleep(0.001)
+                continue
+            self._room_changed.clear()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room_changed.wait(), timeout)
+
+    async def _take_ready(self) -> Any | None:
+        """The next received message waiting for a slot, still safely invisible; None when there is none."""
+        vt = self.worker_options.visibility_timeout
+        while self._ready and not self._stopping.is_set():
+            msg, received = self._ready.popleft()
+            self._room_changed.set()
+            if time.monotonic() - received < vt / 2:
+                return msg  # its keep-alive, every vt/2 from now, extends it before it reappears
+            try:  # it waited long (long jobs in every slot): extend it before it can reappear elsewhere
+                msg.pop_receipt = (await self.queue_client.update_message(msg, visibility_timeout=vt)).pop_receipt
+            except Exception as exc:
+                logger.info("message %s waited too long for a slot (%s); leaving it to its next delivery",
+                            msg.id, exc)
+                continue
+            return msg
+        return None
+
+    async def _release_ready(self) -> None:
+        """Stopping: make the messages still waiting for a slot visible again at once, for other workers."""
+        waiting = [msg for msg, _ in self._ready]
+        self._ready.clear()
+
+        async def release(msg: Any) -> None:
+            try:
+                carried = parse_message(msg.content, base64_encoded=True)
+            except Exception:  # not a job: its next delivery moves it to the poison queue
+                carried = None
+            try:
+                if carried is None:
+                    await self.queue_client.update_message(msg, visibility_timeout=0)
+                else:
+                    # This delivery never ran its job, so it must not count towards poisoning the job.
+                    await self.job_queue.pass_on(msg, carried.to_job(), dequeue_base=carried.dequeue_base + 1,
+                                                 visibility_timeout=0)
+            except Exception as exc:  # it reappears after its visibility timeout anyway
+                logger.info("could not release message %s (%s)", msg.id, exc)
+
+        await asyncio.gather(*(release(msg) for msg in waiting))
 
     # LocalDispatch (flowcraft_core.azure.queue): the jobs this worker sends that it can run itself.
     def hand_on(self, job: Job) -> bool:
@@ -372,15 +466,6 @@ class AzureQueueAdapter:
         """End the poller's idle pause: a job of this process went onto the queue."""
         self._wake.set()
 
-    async def _await_slots(self, wanted: int, seconds: float) -> None:
-        """Wait until `wanted` slots are free, at most `seconds` (long jobs must not idle the others)."""
-        deadline = time.monotonic() + seconds
-        while self._in_flight and self._free_slots() < wanted:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._stopping.is_set():
-                return
-            await asyncio.wait(set(self._in_flight), timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-
     async def _sleep(self, seconds: float, *, wake: bool = False) -> bool:
         """Pause until stop() or the timeout (or, with wake, a local enqueue); True when woken early."""
         waiters = [asyncio.ensure_future(self._stopping.wait())]
@@ -396,9 +481,11 @@ class AzureQueueAdapter:
     async def _process(self, msg: Any, dequeues: int | None = None) -> None:
         # A finished job may hand its message on to a successor (hand_on): the loop then runs that
         # job in the same slot, as the message's next delivery.
-        delivery: _Delivery | None = _Delivery(msg, msg.dequeue_count if dequeues is None else dequeues)
-        while delivery is not None:
-            delivery = await self._deliver(delivery)
+        while msg is not None:
+            delivery: _Delivery | None = _Delivery(msg, msg.dequeue_count if dequeues is None else dequeues)
+            while delivery is not None:
+                delivery = await self._deliver(delivery)
+            msg, dequeues = await self._take_ready(), None
 
     async def _deliver(self, delivery: _Delivery) -> _Delivery | None:
         opts = self.worker_options
@@ -450,12 +537,28 @@ class AzureQueueAdapter:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-        logger.debug("job %s of run %s: %s in %.3fs", job.key, job.run_id, outcome.status,
-                     time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        was_short = self._job_seconds < READY_JOB_SECONDS
+        self._job_seconds += 0.2 * (elapsed - self._job_seconds)
+        if was_short != (self._job_seconds < READY_JOB_SECONDS):
+            self._room_changed.set()  # _ready's places appeared or went: a waiting poller looks again
+        logger.debug("job %s of run %s: %s in %.3fs", job.key, job.run_id, outcome.status, elapsed)
         if delivery.successor is not None:
             return await self._hand_on_message(delivery)
-        await self._delete(msg)
+        await self._retire(msg)
         return None
+
+    async def _retire(self, msg: Any) -> None:
+        """Delete a finished job's message, freeing the job's slot before the delete has been answered."""
+        # The job's work is committed, so its slot can take the next job while the delete is in flight:
+        # a lost delete only means one harmless replay. At most `concurrency` deletes wait at once; past
+        # that a slot waits for its own, so a slow queue slows the worker down instead of piling up tasks.
+        if len(self._retiring) >= self.worker_options.concurrency:
+            await self._delete(msg)
+            return
+        task = asyncio.create_task(self._delete(msg))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def _hand_on_message(self, delivery: _Delivery) -> _Delivery | None:
         """Turn the finished job's message into its successor's (one update, not a send and a delete)."""
