@@ -80,7 +80,7 @@ TIME_BASED_COSMOS = ("patch", "query")
 
 # Node executions run, unmeasured, before the workloads. A freshly started emulator runs its first
 # thousand or so requests at about half its later speed while V8 compiles its hot paths (Azurite:
-# 2.3 ms of CPU per send and delete cold, 1.1 ms after ~1500 of them), which made the first workload
+# 2.3 ms of CPU per send-and-delete pair cold, 1.1 ms after ~1500 pairs), which made the first workload
 # of a run 20-40 % slower than the same workload a minute later.
 WARM_UP_NODES = 2000
 
