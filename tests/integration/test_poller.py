@@ -1,9 +1,10 @@
 """The polling worker keeps its slots busy without losing or doubling a job (real emulators).
 
-With a backlog, the poller receives a batch at a time and lets up to half a batch of received messages
-wait for a slot, so that a finishing job's slot takes the next one at once. A waiting message must
-stay invisible to other workers however long it waits, and a stopping worker gives the waiting ones
-back at once. A finished job's slot is freed while its message's delete is still in flight.
+With a backlog, the poller receives a batch at a time and, while jobs are short, lets up to twice the
+concurrency of received messages wait for a slot, so that a finishing job's slot takes the next one at
+once. A waiting message must stay invisible to other workers however long it waits, nothing waits once
+jobs are long, and a stopping worker gives the waiting ones back at once. A finished job's slot is
+freed while its message's delete is still in flight.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ async def test_a_backlog_runs_each_job_once_on_few_slots_with_fewer_receives_tha
     status = await adapter.wait_for_run(run_id, timeout=RUN_TIMEOUT, interval=0.05)
     assert status["status"] == "completed", status
     assert steps.runs == Counter({"a": 1, "j": 1, **{f"b{i}": 1 for i in range(24)}})
-    # 4 slots and 2 messages waiting: a receive takes several messages at a time.
+    # 4 slots and up to 8 messages waiting: a receive takes several messages at a time.
     assert receives["calls"] < 24, receives
 
 
