@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = Settings.from_env({**os.environ, **emu.env()})
 
             async def go() -> list[distributed.Result]:
-                async with distributed.Bench(settings, args.concurrency, 900.0) as b:
+                async with distributed.Bench(settings, args.concurrency, 900.0, emulator_cpu=emu.cpu_seconds) as b:
                     return [await b.run(wl, profiler=profiler)]
 
             results = asyncio.run(go())
