@@ -34,6 +34,9 @@ GATHER_SECONDS = 0.05
 # than this on average: a waiting message is held from other workers until one of this worker's jobs
 # ends, which must be soon.
 READY_JOB_SECONDS = 1.0
+# ... and while a slot took a job within that long; a message that waited longer than READY_MAX_WAIT
+# (every slot kept busy by handed-on chains, say) is given back to the queue for other workers.
+READY_MAX_WAIT = 2.0
 # A message is handed on to a successor job only while it has this long to live: an update does
 # not extend a message's time to live (7 days from its send by default).
 HAND_ON_MIN_TTL = timedelta(days=1)
@@ -153,6 +156,8 @@ class AzureQueueAdapter:
         self._room_changed = asyncio.Event()
         # Moving average of how long this worker's jobs take (starts as "not short", until measured).
         self._job_seconds = READY_JOB_SECONDS
+        # When a slot last became free or took a waiting message (monotonic time).
+        self._last_turnover = 0.0
         # Slots taken by jobs this worker is sending to itself (eager dispatch), not yet in _in_flight.
         self._reserved = 0
         self.processed = 0
@@ -307,6 +312,7 @@ class AzureQueueAdapter:
         # short, received messages may also wait for a slot (_ready): a finishing job's slot takes the
         # next at once instead of idling through the gathering and the receive.
         while not self._stopping.is_set():
+            await self._give_back_stale()
             gather = self._gather()
             room = self._room()
             if room <= 0 or (backlog and room < gather):
@@ -353,7 +359,8 @@ class AzureQueueAdapter:
 
     def _waiting_places(self) -> int:
         """How many received messages may wait for a slot: twice the slots (at most 32) while jobs are short."""
-        if self._job_seconds >= READY_JOB_SECONDS:
+        if (self._job_seconds >= READY_JOB_SECONDS
+                or time.monotonic() - self._last_turnover >= READY_JOB_SECONDS):
             return 0
         # A waiting message waits about (waiting / concurrency) jobs, so at most about two short jobs.
         return min(32, 2 * self.worker_options.concurrency)
@@ -375,6 +382,7 @@ class AzureQueueAdapter:
 
     def _slot_freed(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        self._last_turnover = time.monotonic()
         self._room_changed.set()
 
     async def _await_room(self, wanted: int, seconds: float | None) -> None:
@@ -390,14 +398,18 @@ class AzureQueueAdapter:
                 continue
             self._room_changed.clear()
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if self._ready:  # look again in time to give back messages that wait too long
+                timeout = min(timeout if timeout is not None else READY_MAX_WAIT, READY_MAX_WAIT / 2)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room_changed.wait(), timeout)
+            await self._give_back_stale()
 
     async def _take_ready(self) -> Any | None:
         """The next received message waiting for a slot, still safely invisible; None when there is none."""
         vt = self.worker_options.visibility_timeout
         while self._ready and not self._stopping.is_set():
             msg, received = self._ready.popleft()
+            self._last_turnover = time.monotonic()
             self._room_changed.set()
             if time.monotonic() - received < vt / 2:
                 return msg  # its keep-alive, every vt/2 from now, extends it before it reappears
@@ -410,10 +422,24 @@ class AzureQueueAdapter:
             return msg
         return None
 
+    async def _give_back_stale(self) -> None:
+        """Give back to the queue the messages that have waited longer than READY_MAX_WAIT for a slot."""
+        stale = []
+        while self._ready and time.monotonic() - self._ready[0][1] >= READY_MAX_WAIT:
+            stale.append(self._ready.popleft()[0])
+        if stale:
+            logger.debug("giving %d waiting messages back to the queue: no slot freed for %.1fs",
+                         len(stale), READY_MAX_WAIT)
+            await self._give_back(stale)
+
     async def _release_ready(self) -> None:
         """Stopping: make the messages still waiting for a slot visible again at once, for other workers."""
         waiting = [msg for msg, _ in self._ready]
         self._ready.clear()
+        await self._give_back(waiting)
+
+    async def _give_back(self, messages: list[Any]) -> None:
+        """Make received messages visible again at once, this delivery not counted towards poisoning."""
 
         async def release(msg: Any) -> None:
             try:
@@ -430,7 +456,7 @@ class AzureQueueAdapter:
             except Exception as exc:  # it reappears after its visibility timeout anyway
                 logger.info("could not release message %s (%s)", msg.id, exc)
 
-        await asyncio.gather(*(release(msg) for msg in waiting))
+        await asyncio.gather(*(release(msg) for msg in messages))
 
     # LocalDispatch (flowcraft_core.azure.queue): the jobs this worker sends that it can run itself.
     def hand_on(self, job: Job) -> bool:

@@ -3,7 +3,8 @@
 With a backlog, the poller receives a batch at a time and, while jobs are short, lets up to twice the
 concurrency of received messages wait for a slot, so that a finishing job's slot takes the next one at
 once. A waiting message must stay invisible to other workers however long it waits, nothing waits once
-jobs are long, and a stopping worker gives the waiting ones back at once. A finished job's slot is
+jobs are long, a message does not wait behind a slot that a chain holds, and a stopping worker gives the
+waiting ones back at once. A finished job's slot is
 freed while its message's delete is still in flight.
 """
 
@@ -121,8 +122,9 @@ async def test_no_message_waits_for_a_slot_once_the_jobs_are_long(distributed: D
 async def test_a_stopping_worker_gives_its_waiting_messages_back_at_once(distributed: Distributed) -> None:
     steps = Steps()
     steps.release.clear()
+    # Every job through the queue (no hand-on), so that a's slot frees and the poller sees slots turn over.
     services = await distributed.build({"step": steps.node}, {"fan": fan(6)}, start=False,
-                                       FLOWCRAFT_WORKER_CONCURRENCY="2")
+                                       FLOWCRAFT_WORKER_CONCURRENCY="2", FLOWCRAFT_WORKER_EAGER_DISPATCH="false")
     adapter = services.adapter
     adapter.worker_options.visibility_timeout = 120
     await adapter.start()
@@ -148,6 +150,36 @@ async def test_a_stopping_worker_gives_its_waiting_messages_back_at_once(distrib
         carried = parse_message(message.content, base64_encoded=True)
         assert carried.dequeue_base == message.dequeue_count, (carried.node_id, message.dequeue_count)
     assert sum(m.dequeue_count for m in await services.queue_client.peek_messages(max_messages=32)) == waiting
+
+
+async def test_a_message_waiting_behind_a_slot_held_by_a_chain_goes_back_to_other_workers(
+        distributed: Distributed) -> None:
+    # One slot. A chain run hands its message on from job to job, so the slot does not free for the whole
+    # chain; a message received for that slot meanwhile must go back to the queue (after READY_MAX_WAIT)
+    # for another worker instead of waiting until the chain ends.
+    async def step(ctx: NodeContext) -> NodeResult:
+        await asyncio.sleep(0.15 if ctx.node_id.startswith("n") else 0.0)
+        return NodeResult(output=ctx.node_id)
+
+    blueprints = {
+        "one": blueprint({"id": "one", "nodes": [{"id": "only", "uses": "step"}], "edges": []}),
+        "chain": blueprint({"id": "chain", "nodes": [{"id": f"n{i}", "uses": "step"} for i in range(40)],
+                            "edges": [{"source": f"n{i}", "target": f"n{i + 1}"} for i in range(39)]}),
+    }
+    first = await distributed.build({"step": step}, blueprints, FLOWCRAFT_WORKER_CONCURRENCY="1")
+    adapter = first.adapter
+    warm = await adapter.start_run("one", {})  # runs and ends: the slot has just turned over
+    chain = await adapter.start_run("chain", {})
+    other = await adapter.start_run("one", {})
+    await wait_until(lambda: len(adapter._ready) == 1, timeout=10,
+                     message="the other run's job waiting behind the chain's slot")
+    assert (await adapter.get_status(warm) or {}).get("status") == "completed"
+    second = await distributed.build({"step": step}, blueprints, FLOWCRAFT_WORKER_CONCURRENCY="1")
+    status = await second.adapter.wait_for_run(other, timeout=RUN_TIMEOUT, interval=0.05)
+    assert status["status"] == "completed", status
+    # Given back long before the 40-node chain (6 s) ended, and run by the second worker.
+    assert (await adapter.get_status(chain) or {}).get("status") == "running"
+    assert second.adapter.processed >= 1
 
 
 async def _at_least(count: Any, wanted: int) -> int:
