@@ -453,7 +453,10 @@ class Engine:
             await self.status_store.finalize(run_id, "cancelled", reason=state.cancelled)
             return 0
         if state.failed is not None:
-            await self.status_store.finalize(run_id, "failed", reason=str(state.failed.get("reason")))
+            # A worker marked the run failed and died (or is about to finalize): finish what it started,
+            # with the failing nodes it recorded, as its own final status would have named them.
+            await self.status_store.finalize(run_id, "failed", reason=str(state.failed.get("reason")),
+                                             result={"errors": list(state.failed.get("errors") or [])})
             return 0
         graph = self.graph(state.header.blueprint_id)
         dynamic = _dynamic_nodes(state)
