@@ -271,6 +271,10 @@ class Engine:
             raise UnknownRunError(f"run {run_id!r} does not exist")
         if status["status"] in FINAL_STATUSES:
             raise RunStateError(f"run {run_id!r} already ended with status {status['status']!r}")
+        await self._cancel_run(run_id, reason)
+
+    async def _cancel_run(self, run_id: str, reason: str) -> None:
+        """Mark the run cancelled, signal its nodes, finalize it, and cancel its children and tell its parent."""
         await self.run_store.mark(run_id, "cancelled", {"reason": reason})
         self._note_stopped(run_id)
         for signal in self._signals.get(run_id, set()):
@@ -449,14 +453,15 @@ class Engine:
         if state is None:
             await self.status_store.finalize(run_id, "failed", reason="run state is missing from the store")
             return 0
+        # A marker without a final status: whoever wrote it died before finishing (or is about to
+        # finish). Finish it the same way, so the final status, the event, the children and the parent
+        # are as that writer would have left them; marking again is idempotent, and only one finalize wins.
         if state.cancelled is not None:
-            await self.status_store.finalize(run_id, "cancelled", reason=state.cancelled)
+            await self._cancel_run(run_id, state.cancelled)
             return 0
         if state.failed is not None:
-            # A worker marked the run failed and died (or is about to finalize): finish what it started,
-            # with the failing nodes it recorded, as its own final status would have named them.
-            await self.status_store.finalize(run_id, "failed", reason=str(state.failed.get("reason")),
-                                             result={"errors": list(state.failed.get("errors") or [])})
+            await self._fail_run(run_id, str(state.failed.get("reason")),
+                                 errors=list(state.failed.get("errors") or []))
             return 0
         graph = self.graph(state.header.blueprint_id)
         dynamic = _dynamic_nodes(state)
